@@ -1,0 +1,3 @@
+from sampler_bench.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""CLI commands; each module exposes ``register(app)``. Shared helpers for rendering live here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from sampler_bench.errors import BenchError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn BenchError into a one-line message and exit code 2 (also under Typer's test runner)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: nothing half-written was left behind")
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,42 @@
+"""`bench solvers` and `bench models`: one line per entry."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from sampler_bench.commands import console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("solvers")
+    @user_errors
+    def solvers(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each solver's options with defaults.")):
+        """List the available solvers with their NFE rule and default schedule."""
+        from sampler_bench.solvers import all_solvers
+
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for col in ("solver", "NFE", "kind", "schedule", "description"):
+            table.add_column(col, overflow="fold")
+        for s in all_solvers():
+            kind = "stochastic" if s.stochastic is True else ("ODE/SDE" if callable(s.stochastic) else "ODE")
+            desc = s.summary
+            if verbose and s.options:
+                desc += "\n  " + "\n  ".join(f"{k}={o.default!r}: {o.help}" for k, o in s.options.items())
+            table.add_row(s.name, s.nfe_rule, kind, s.default_schedule, desc)
+        console.print(table)
+
+    @app.command("models")
+    @user_errors
+    def models():
+        """List the available models (built-in analytic models and known checkpoints) with their state."""
+        from sampler_bench.models.registry import LOADERS_BY_SUFFIX, MODELS
+
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for col in ("model", "kind", "state", "description"):
+            table.add_column(col, overflow="fold")
+        for m in MODELS.values():
+            table.add_row(m.name, m.kind, m.status(), m.summary)
+        console.print(table)
+        if LOADERS_BY_SUFFIX:
+            console.print(f"Any checkpoint path also works: {', '.join(sorted(LOADERS_BY_SUFFIX))}")

@@ -1,0 +1,265 @@
+"""Analytic models with exact scores: a Gaussian and a class-conditional Gaussian mixture.
+
+They are the embedded default model (no checkpoint, no network) and the ground truth of the test
+suite: the denoiser is exact, so solver error is measured with zero model error.
+
+Each component is ``N(mu, Sigma)`` with ``Sigma = U diag(s) U^T + c I`` (U: d x r orthonormal,
+low-rank + isotropic), in float64, image-shaped (default 3x32x32). With ``lam`` the eigenvalues of
+Sigma and ``y = x - mu``:
+
+- denoiser (Tweedie / Wiener filter): ``D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 y``
+- probability-flow ODE ``dx/dsigma = (x - D) / sigma`` gives per eigen-direction
+  ``dy/dsigma = y sigma / (lam + sigma^2)``, so the **exact ODE map** is
+  ``y(sigma_b) = y(sigma_a) * sqrt((lam + sigma_b^2) / (lam + sigma_a^2))``.
+- mixture: ``D = sum_k w_k(x, sigma) D_k(x, sigma)`` with ``w_k`` the posterior of component k
+  under ``N(mu_k, Sigma_k + sigma^2 I)``; the class posterior ``p(y | x_sigma)`` sums the w_k of
+  class y, and ``grad_x log p(y | x_sigma) = (D(x | y) - D(x)) / sigma^2`` (Tweedie, exact).
+
+Component means are deterministic pictures generated from a seed (a coloured background gradient
+with one shape: disc, square, ring, stripes, diamond, cross, ...), so sample grids look like
+images. The low-rank directions are smooth picture-shaped variations (brightness of the shape,
+colour shifts, gradient tilts), so samples vary visibly around their mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sampler_bench.errors import BenchError
+from sampler_bench.models.base import F64, Denoiser, LinearVP, as_f64
+
+SHAPES = ("disc", "square", "ring", "stripes", "diamond", "cross", "triangle", "checker", "blob2", "bar")
+
+
+def _shape_mask(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = (yy + 0.5) / h * 2 - 1, (xx + 0.5) / w * 2 - 1
+    cy, cx = rng.uniform(-0.25, 0.25, 2)
+    r = rng.uniform(0.35, 0.6)
+    dy, dx = yy - cy, xx - cx
+    soft = lambda v: 1 / (1 + np.exp(-v * 12))  # noqa: E731  soft edges keep the pictures smooth
+    if kind == "disc":
+        m = soft(r - np.hypot(dx, dy))
+    elif kind == "square":
+        m = soft(r - np.maximum(abs(dx), abs(dy)))
+    elif kind == "ring":
+        m = soft(0.15 - abs(np.hypot(dx, dy) - r))
+    elif kind == "stripes":
+        m = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * math.cos(r * 3) + yy * math.sin(r * 3)) * 2.5)
+    elif kind == "diamond":
+        m = soft(r - (abs(dx) + abs(dy)))
+    elif kind == "cross":
+        m = np.maximum(soft(0.18 - abs(dx)), soft(0.18 - abs(dy))) * soft(0.8 - np.maximum(abs(dx), abs(dy)))
+    elif kind == "triangle":
+        m = soft(np.minimum(np.minimum(dy + r / 2, r - dy - 2 * dx), r - dy + 2 * dx) * 0.8)
+    elif kind == "checker":
+        m = 0.5 + 0.5 * np.sign(np.sin(np.pi * 2 * (xx + 1)) * np.sin(np.pi * 2 * (yy + 1)))
+    elif kind == "blob2":
+        m = np.maximum(soft(r * 0.6 - np.hypot(dx - 0.3, dy)), soft(r * 0.6 - np.hypot(dx + 0.3, dy + 0.1)))
+    else:  # bar
+        m = soft(0.2 - abs(dy)) * soft(0.85 - abs(dx))
+    return m
+
+
+def _components(n: int, shape, rank: int, seed: int, scale: float):
+    """Deterministic means (n, d) and orthonormal low-rank bases (n, d, rank) + variances (n, rank)."""
+    c, h, w = shape
+    rng = np.random.default_rng(seed)
+    mus, bases, variances = [], [], []
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = (yy + 0.5) / h * 2 - 1, (xx + 0.5) / w * 2 - 1
+    for k in range(n):
+        kind = SHAPES[k % len(SHAPES)]
+        mask = _shape_mask(kind, h, w, rng)
+        bg0, bg1, fg = rng.uniform(-0.8, 0.8, (3, c))
+        ang = rng.uniform(0, 2 * np.pi)
+        grad = 0.5 + 0.5 * (xx * math.cos(ang) + yy * math.sin(ang)) / math.sqrt(2)
+        bg = bg0[:, None, None] * (1 - grad) + bg1[:, None, None] * grad
+        mu = bg * (1 - mask) + fg[:, None, None] * mask
+        mus.append(np.clip(mu, -0.95, 0.95).reshape(-1))
+        # picture-shaped variation directions, then orthonormalised
+        dirs = [np.broadcast_to(mask, (c, h, w)) * e[:, None, None] for e in np.eye(c)]  # shape colour
+        dirs += [np.broadcast_to(1 - mask, (c, h, w)) * e[:, None, None] for e in np.eye(c)]  # background colour
+        dirs += [np.broadcast_to(xx * (1 - mask), (c, h, w)), np.broadcast_to(yy * (1 - mask), (c, h, w))]
+        while len(dirs) < rank:
+            fy, fx = rng.integers(1, 4, 2)
+            ph = rng.uniform(0, 2 * np.pi, 2)
+            pat = np.cos(np.pi * fy * yy + ph[0]) * np.cos(np.pi * fx * xx + ph[1])
+            dirs.append(pat[None] * rng.normal(size=(c, 1, 1)))
+        basis, _ = np.linalg.qr(np.stack([np.asarray(v).reshape(-1) for v in dirs[:rank]], 1))
+        bases.append(basis)
+        # eigenvalues: per-pixel std of ~scale along the strongest direction, decaying
+        variances.append((scale**2) * (h * w) * np.geomspace(1.0, 0.05, rank))
+    return np.stack(mus), np.stack(bases), np.stack(variances)
+
+
+class GaussianMixture(Denoiser):
+    """Class-conditional mixture of low-rank + isotropic Gaussians with exact denoiser (float64).
+
+    ``num_classes`` classes with ``per_class`` equal-weight components each. ``num_classes = 0``
+    makes an unconditional mixture of ``per_class`` components.
+    """
+
+    def __init__(self, name="gmm", num_classes=10, per_class=2, shape=(3, 32, 32), rank=8,
+                 iso_var=4e-4, scale=0.12, seed=0, sigma_min=0.002, sigma_max=80.0):
+        if len(shape) != 3 or min(shape) < 1:
+            raise BenchError(f"analytic model shape {shape} is invalid; use C,H,W such as 3,32,32.")
+        self.name = name
+        self.image_shape = tuple(int(v) for v in shape)
+        self.num_classes = int(num_classes)
+        self.per_class = int(per_class)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.time_map = LinearVP()
+        self.d = int(np.prod(self.image_shape))
+        self.rank = min(int(rank), self.d)
+        self.iso_var = float(iso_var)
+        self.seed = int(seed)
+        n_comp = max(self.num_classes, 1) * self.per_class
+        mu, U, s = _components(n_comp, self.image_shape, self.rank, self.seed, scale)
+        self.mu, self.U, self.s = as_f64(mu), as_f64(U), as_f64(s)  # (K,d), (K,d,r), (K,r)
+        self.comp_class = torch.arange(n_comp) // self.per_class  # (K,)
+        self.log_pi = torch.full((n_comp,), -math.log(n_comp), dtype=F64)
+        self.device = torch.device("cpu")
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    @property
+    def n_components(self) -> int:
+        return self.mu.shape[0]
+
+    def to(self, device):
+        device = torch.device(device)
+        for k in ("mu", "U", "s", "comp_class", "log_pi"):
+            setattr(self, k, getattr(self, k).to(device))
+        self.device = device
+        return self
+
+    def describe(self):
+        return {**super().describe(), "per_class": self.per_class, "rank": self.rank,
+                "iso_var": self.iso_var, "seed": self.seed, "components": self.n_components}
+
+    def _sig2(self, sigma, batch):
+        s2 = as_f64(sigma, self.mu.device) ** 2
+        return s2.reshape(-1, 1, 1).expand(batch, 1, 1) if s2.ndim else s2.reshape(1, 1, 1).expand(batch, 1, 1)
+
+    def _check_labels(self, labels, batch):
+        if labels is None:
+            return None
+        if self.num_classes == 0:
+            raise BenchError(f"model '{self.name}' is unconditional; drop the class labels.")
+        labels = torch.as_tensor(labels, device=self.mu.device).long().reshape(-1)
+        if labels.numel() == 1 and batch > 1:
+            labels = labels.expand(batch)
+        if bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            raise BenchError(f"class label out of range for model '{self.name}'; use 0..{self.num_classes - 1}.")
+        return labels
+
+    # -- exact quantities -------------------------------------------------------------------------
+    def _component_terms(self, x, sigma):
+        """Per-component log N(x; mu_k, Sigma_k + sigma^2 I) (unnormalised by pi) and D_k(x)."""
+        b = x.shape[0]
+        xf = x.reshape(b, 1, self.d).to(F64)
+        y = xf - self.mu.unsqueeze(0)  # (B,K,d)
+        proj = torch.einsum("bkd,kdr->bkr", y, self.U)  # (B,K,r)
+        s2 = self._sig2(sigma, b)  # (B,1,1)
+        lam = self.s.unsqueeze(0) + self.iso_var  # (1,K,r)
+        iso = self.iso_var + s2  # (B,1,1)
+        maha = (y * y).sum(-1) / iso[..., 0] + (proj**2 * (1 / (lam + s2) - 1 / iso)).sum(-1)
+        logdet = (self.d - self.rank) * torch.log(iso[..., 0]) + torch.log(lam + s2).sum(-1)
+        logp = -0.5 * (maha + logdet + self.d * math.log(2 * math.pi))  # (B,K)
+        shrink_iso = self.iso_var / iso  # (B,1,1)
+        coef = lam / (lam + s2) - shrink_iso  # (B,K,r)
+        dk = self.mu.unsqueeze(0) + shrink_iso * y + torch.einsum("bkr,kdr->bkd", coef * proj, self.U)
+        return logp, dk
+
+    def _mask(self, labels, b):
+        if labels is None:
+            return None
+        return self.comp_class.unsqueeze(0) == labels.unsqueeze(1)  # (B,K)
+
+    def denoise(self, x, sigma, labels=None):
+        b = x.shape[0]
+        labels = self._check_labels(labels, b)
+        logp, dk = self._component_terms(x, sigma)
+        logw = logp + self.log_pi
+        mask = self._mask(labels, b)
+        if mask is not None:
+            logw = logw.masked_fill(~mask, -math.inf)
+        w = torch.softmax(logw, dim=1)
+        return (w.unsqueeze(-1) * dk).sum(1).reshape(x.shape)
+
+    def log_marginal(self, x, sigma, labels=None):
+        """log p(x_sigma) (or log p(x_sigma | y) with labels), exact."""
+        b = x.shape[0]
+        labels = self._check_labels(labels, b)
+        logp, _ = self._component_terms(x, sigma)
+        logw = logp + self.log_pi
+        mask = self._mask(labels, b)
+        if mask is not None:
+            logw = logw.masked_fill(~mask, -math.inf) + math.log(self.n_components / self.per_class)
+        return torch.logsumexp(logw, 1)
+
+    def class_log_posterior(self, x, sigma):
+        """log p(y | x_sigma) for every class: (B, num_classes); rows sum to 1 in probability."""
+        if self.num_classes == 0:
+            raise BenchError(f"model '{self.name}' is unconditional and has no class posterior.")
+        logp, _ = self._component_terms(x, sigma)
+        logw = logp + self.log_pi
+        per_class = logw.reshape(x.shape[0], self.num_classes, self.per_class)
+        lc = torch.logsumexp(per_class, -1)
+        return lc - torch.logsumexp(lc, -1, keepdim=True)
+
+    def class_log_posterior_grad(self, x, sigma, labels):
+        """grad_x log p(y | x_sigma) = (D(x | y) - D(x)) / sigma^2, exact (for classifier guidance)."""
+        s2 = as_f64(sigma, x.device) ** 2
+        s2 = s2.reshape(-1, *([1] * (x.ndim - 1))) if s2.ndim else s2
+        return (self.denoise(x, sigma, labels) - self.denoise(x, sigma, None)) / s2
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None, labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Exact samples of the data distribution (x0), with their class labels (None if unconditional)."""
+        dev = self.mu.device
+        labels = self._check_labels(labels, n)
+        if labels is None:
+            comp = torch.randint(self.n_components, (n,), generator=generator, device=dev)
+        else:
+            comp = labels * self.per_class + torch.randint(self.per_class, (n,), generator=generator, device=dev)
+        g = torch.randn(n, self.rank, generator=generator, device=dev, dtype=F64)
+        e = torch.randn(n, self.d, generator=generator, device=dev, dtype=F64)
+        x = self.mu[comp] + torch.einsum("bdr,br->bd", self.U[comp], g * self.s[comp].sqrt()) + math.sqrt(self.iso_var) * e
+        out_labels = self.comp_class[comp] if self.num_classes else None
+        return x.reshape(n, *self.image_shape), out_labels
+
+    def data_moments(self, labels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact mean (d,) and covariance (d, d) of the data (of one class when ``labels`` is given)."""
+        idx = torch.arange(self.n_components, device=self.mu.device)
+        if labels is not None:
+            idx = idx[self.comp_class == int(labels)]
+        mu, U, s = self.mu[idx], self.U[idx], self.s[idx]
+        mean = mu.mean(0)
+        cov = torch.einsum("kdr,kr,ker->de", U, s, U) / len(idx) + self.iso_var * torch.eye(self.d, dtype=F64, device=mu.device)
+        dm = mu - mean
+        cov = cov + dm.T @ dm / len(idx)
+        return mean, cov
+
+
+class Gaussian(GaussianMixture):
+    """A single Gaussian N(mu, U diag(s) U^T + c I): exact denoiser, exact PF-ODE map, exact sampler."""
+
+    def __init__(self, name="gaussian", **kw):
+        kw.setdefault("seed", 0)
+        super().__init__(name=name, num_classes=0, per_class=1, **kw)
+
+    def ode_map(self, x, sigma_from, sigma_to):
+        """Exact probability-flow ODE solution: x(sigma_to) given x(sigma_from) (scalars or (B,))."""
+        b = x.shape[0]
+        y = x.reshape(b, self.d).to(F64) - self.mu[0]
+        proj = y @ self.U[0]  # (B,r)
+        sa = as_f64(sigma_from, x.device).reshape(-1, 1) ** 2
+        sb = as_f64(sigma_to, x.device).reshape(-1, 1) ** 2
+        lam = self.s[0] + self.iso_var
+        f_iso = torch.sqrt((self.iso_var + sb) / (self.iso_var + sa))
+        f_lr = torch.sqrt((lam + sb) / (lam + sa))
+        out = self.mu[0] + f_iso * y + ((f_lr - f_iso) * proj) @ self.U[0].T
+        return out.reshape(x.shape)

@@ -1,0 +1,114 @@
+"""Model names -> how to build a sigma-space denoiser.
+
+``--model`` takes a registered name (``bench models`` lists them), a name with parameters
+(``gmm:classes=5,shape=3x16x16``) or a path to a checkpoint file, dispatched on its suffix through
+:data:`LOADERS_BY_SUFFIX`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sampler_bench.errors import BenchError
+from sampler_bench.models.base import Denoiser
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    summary: str
+    kind: str  # "analytic", "edm", ...
+    build: Callable[..., Denoiser]  # build(device=..., **params) -> Denoiser
+    params: dict[str, type] | None = None  # user-settable parameters, name -> type
+    status: Callable[[], str] = lambda: "built in"
+
+
+MODELS: dict[str, ModelEntry] = {}
+# file suffix -> loader(path, device) -> Denoiser; checkpoint formats register here
+LOADERS_BY_SUFFIX: dict[str, Callable[[Path, torch.device], Denoiser]] = {}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    MODELS[entry.name] = entry
+    return entry
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+
+
+def _analytic_params():
+    return {"classes": int, "per_class": int, "shape": _shape, "rank": int, "seed": int,
+            "iso_var": float, "scale": float, "sigma_min": float, "sigma_max": float}
+
+
+def _build_gmm(device, classes=10, **kw):
+    from sampler_bench.models.analytic import GaussianMixture
+
+    return GaussianMixture(num_classes=classes, **kw).to(device)
+
+
+def _build_gaussian(device, **kw):
+    from sampler_bench.models.analytic import Gaussian
+
+    return Gaussian(**kw).to(device)
+
+
+register_model(ModelEntry("gmm", "analytic class-conditional Gaussian mixture, 10 classes x 2 components, 3x32x32, exact score (default)",
+                          "analytic", _build_gmm, _analytic_params()))
+register_model(ModelEntry("gaussian", "analytic Gaussian (low-rank + isotropic), 3x32x32, exact score and exact ODE map",
+                          "analytic", _build_gaussian, {k: v for k, v in _analytic_params().items() if k not in ("classes", "per_class")}))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BenchError(f"unknown device '{device}'; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = spec.partition(":")
+    entry = MODELS.get(name)
+    if entry is None:
+        return name, {}
+    params: dict[str, Any] = {}
+    allowed = entry.params or {}
+    for kv in filter(None, (s.strip() for s in rest.split(","))) if rest else []:
+        k, eq, v = kv.partition("=")
+        if not eq or k not in allowed:
+            raise BenchError(f"model '{name}' takes parameters {', '.join(allowed) or 'none'} as key=value; got '{kv}'.")
+        try:
+            params[k] = allowed[k](v)
+        except ValueError:
+            raise BenchError(f"model '{name}': {k}={v!r} is not valid.") from None
+    return name, params
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> Denoiser:
+    """Build the denoiser for a registered name, a name with parameters, or a checkpoint path."""
+    device = torch.device(device)
+    # rejoin a comma-split shape like shape=3,16,16 is not supported: use 3x16x16
+    name, params = parse_model_spec(spec)
+    if name in MODELS:
+        return MODELS[name].build(device=device, **params)
+    path = Path(spec)
+    loader = LOADERS_BY_SUFFIX.get(path.suffix.lower())
+    if path.suffix and loader is not None:
+        if not path.is_file():
+            raise BenchError(f"checkpoint file '{spec}' does not exist; check the path.")
+        return loader(path, device)
+    if path.suffix and path.exists():
+        kinds = ", ".join(LOADERS_BY_SUFFIX) or "none yet"
+        raise BenchError(f"cannot load '{spec}': unknown checkpoint format '{path.suffix}'; supported: {kinds}.")
+    close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BenchError(f"unknown model '{spec}'; {hint}run `bench models` to list them, or pass a checkpoint path.")

@@ -1,0 +1,143 @@
+"""Sigma step schedules. Each returns a float64 tensor ``sigmas[0] > ... > sigmas[n-1] > sigmas[n] = 0``.
+
+A schedule of ``n`` steps has ``n + 1`` entries; the last step goes to sigma = 0. Names and
+parameters are given as ``NAME`` or ``NAME:key=value,key=value`` (e.g. ``karras:rho=5``,
+``time-poly:order=2``).
+
+| name            | grid                                                                  | source |
+|-----------------|-----------------------------------------------------------------------|--------|
+| karras          | (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho, rho = 7    | EDM eq. 5 |
+| time-uniform    | t uniform from t(smax) to t(smin) in the model's native VP time       | DDIM |
+| time-quadratic  | sqrt(t) uniform (t quadratic in the index)                            | DDIM (CIFAR) |
+| time-poly       | t^(1/order) uniform, order = 2 by default                              | DEIS "t" grid |
+| logsnr          | log-SNR = -2 log sigma uniform                                        | DPM-Solver |
+| discrete-uniform| guided-diffusion / ER-SDE grid: linspace(0, N, n+1, endpoint=False)[::-1] on the integer grid | ER-SDE official |
+
+Time-based grids need the model's native time map; with none (a pure EDM network) they are refused.
+The first n entries are passed through the model's ``round_sigma`` (as EDM does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sampler_bench.errors import BenchError
+from sampler_bench.models.base import F64, as_f64
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    fn: Callable[..., torch.Tensor]
+    params: dict[str, tuple[type, Any]]  # name -> (type, default)
+    summary: str
+    needs_time_map: bool = False
+
+
+SCHEDULES: dict[str, ScheduleSpec] = {}
+
+
+def _register(name, params, summary, needs_time_map=False):
+    def deco(fn):
+        SCHEDULES[name] = ScheduleSpec(name, fn, params, summary, needs_time_map)
+        return fn
+
+    return deco
+
+
+def _range(model, sigma_min, sigma_max):
+    smin = float(model.sigma_min if sigma_min is None else sigma_min)
+    smax = float(model.sigma_max if sigma_max is None else sigma_max)
+    if not 0 < smin < smax:
+        raise BenchError(f"schedule range sigma_min={smin}, sigma_max={smax} is invalid; need 0 < sigma_min < sigma_max.")
+    return smin, smax
+
+
+def _finish(model, sig: torch.Tensor) -> torch.Tensor:
+    sig = model.round_sigma(as_f64(sig))
+    return torch.cat([sig, torch.zeros(1, dtype=F64)])
+
+
+@_register("karras", {"rho": (float, 7.0)}, "EDM rho-schedule (Karras et al. eq. 5), rho=7")
+def karras(n, model, *, rho=7.0, sigma_min=None, sigma_max=None):
+    smin, smax = _range(model, sigma_min, sigma_max)
+    i = torch.arange(n, dtype=F64)
+    frac = i / max(n - 1, 1)
+    sig = (smax ** (1 / rho) + frac * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    return _finish(model, sig)
+
+
+@_register("logsnr", {}, "uniform in log-SNR (= uniform in log sigma)")
+def logsnr(n, model, *, sigma_min=None, sigma_max=None):
+    smin, smax = _range(model, sigma_min, sigma_max)
+    sig = torch.exp(torch.linspace(np.log(smax), np.log(smin), n, dtype=F64))
+    return _finish(model, sig)
+
+
+def _time_grid(n, model, sigma_min, sigma_max, power):
+    tm = model.time_map
+    if tm is None:
+        raise BenchError(f"this schedule is defined in the model's native VP time, and model '{getattr(model, 'name', '?')}' has no time map; use --schedule karras or logsnr.")
+    smin, smax = _range(model, sigma_min, sigma_max)
+    t_max, t_min = tm.t(as_f64(smax)), tm.t(as_f64(smin))
+    frac = torch.arange(n, dtype=F64) / max(n - 1, 1)
+    t = (t_max ** (1 / power) + frac * (t_min ** (1 / power) - t_max ** (1 / power))) ** power
+    return _finish(model, tm.sigma(t))
+
+
+@_register("time-uniform", {}, "uniform in native VP time t (DDIM)", needs_time_map=True)
+def time_uniform(n, model, *, sigma_min=None, sigma_max=None):
+    return _time_grid(n, model, sigma_min, sigma_max, 1.0)
+
+
+@_register("time-quadratic", {}, "quadratic in native VP time t (DDIM's CIFAR grid)", needs_time_map=True)
+def time_quadratic(n, model, *, sigma_min=None, sigma_max=None):
+    return _time_grid(n, model, sigma_min, sigma_max, 2.0)
+
+
+@_register("time-poly", {"order": (float, 2.0)}, "polynomial in native VP time, t^(1/order) uniform (DEIS)", needs_time_map=True)
+def time_poly(n, model, *, order=2.0, sigma_min=None, sigma_max=None):
+    return _time_grid(n, model, sigma_min, sigma_max, float(order))
+
+
+@_register("discrete-uniform", {}, "guided-diffusion/ER-SDE integer grid linspace(0,N,n+1)[::-1] (discrete models)", needs_time_map=True)
+def discrete_uniform(n, model, *, sigma_min=None, sigma_max=None):
+    tm = model.time_map
+    if tm is None or not tm.discrete:
+        raise BenchError("schedule 'discrete-uniform' needs a discrete-time model (guided-diffusion, DDPM); use --schedule time-uniform.")
+    ts = np.linspace(0, tm.num_steps, n + 1, endpoint=False).astype(np.int64)[::-1][:-1].copy()
+    return torch.cat([tm.sigmas[torch.from_numpy(ts)], torch.zeros(1, dtype=F64)])
+
+
+def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
+    """``"karras:rho=5"`` -> ``("karras", {"rho": 5.0})``, validated."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if name not in SCHEDULES:
+        raise BenchError(f"unknown schedule '{name}'; use one of: {', '.join(SCHEDULES)}.")
+    spec = SCHEDULES[name]
+    params: dict[str, Any] = {}
+    allowed = dict(spec.params, sigma_min=(float, None), sigma_max=(float, None))
+    for kv in filter(None, (s.strip() for s in rest.split(","))):
+        k, eq, v = kv.partition("=")
+        if not eq or k not in allowed:
+            raise BenchError(f"schedule '{name}' takes parameters {', '.join(allowed)} as key=value; got '{kv}'.")
+        try:
+            params[k] = allowed[k][0](v)
+        except ValueError:
+            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number.") from None
+    return name, params
+
+
+def make_schedule(text: str, n_steps: int, model) -> torch.Tensor:
+    name, params = parse_schedule(text)
+    if n_steps < 1:
+        raise BenchError(f"a schedule needs at least one step; got {n_steps}.")
+    sig = SCHEDULES[name].fn(n_steps, model, **params)
+    if not bool((sig[:-1] > 0).all()) or not bool((sig[:-1] - sig[1:] > 0).all()):
+        raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; use fewer steps or another schedule.")
+    return sig

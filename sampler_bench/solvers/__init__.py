@@ -1,0 +1,171 @@
+"""Solver registry: name -> function, NFE rule, options, default schedule.
+
+A solver is a plain function
+
+    def solver(denoise, x, sigmas, *, noise, **options) -> x0
+
+- ``denoise`` is a :class:`~sampler_bench.models.base.BoundDenoiser`: ``denoise(x, sigma) -> x0``,
+  with ``sigma_min``, ``sigma_max``, ``round_sigma`` and ``time_map`` attributes; each call is one NFE.
+- ``x`` starts at ``sigmas[0] * z`` (float64); ``sigmas`` is the float64 step schedule ending in 0.
+- ``noise(sigma_from, sigma_to)`` returns per-sample-seeded N(0, I) noise shaped like ``x``
+  (stochastic solvers only), so sample i is the same whatever the batch size.
+
+Each :class:`SolverSpec` states its NFE rule ``nfe(steps, options)``; :func:`steps_for_nfe` turns
+``--nfe N`` into a number of steps, or raises a :class:`BenchError` that names the nearest valid NFEs.
+:func:`run_solver` checks the counted denoiser calls against the rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from sampler_bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One solver option: ``--opt name=value`` on the CLI or ``name: value`` in a sweep YAML."""
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, solver: str, key: str, raw: Any) -> Any:
+        allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type.__name__}"
+        try:
+            if self.type is bool:
+                if isinstance(raw, bool):
+                    val = raw
+                elif str(raw).lower() in ("1", "true", "yes", "on"):
+                    val = True
+                elif str(raw).lower() in ("0", "false", "no", "off"):
+                    val = False
+                else:
+                    raise ValueError
+            elif self.type is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            else:
+                val = self.type(raw)
+        except (TypeError, ValueError):
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.") from None
+        if self.choices and val not in self.choices:
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.")
+        if self.minimum is not None and val < self.minimum:
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is too small; use a value >= {self.minimum}.")
+        if self.maximum is not None and val > self.maximum:
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is too large; use a value <= {self.maximum}.")
+        return val
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    name: str
+    fn: Callable[..., torch.Tensor]
+    family: str
+    summary: str  # one line for `bench solvers`
+    nfe: Callable[[int, Mapping[str, Any]], int]  # steps -> denoiser calls
+    nfe_rule: str  # human-readable, e.g. "2*steps - 1"
+    options: Mapping[str, Option] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # passed to fn, not user-settable
+    min_steps: int = 1
+    stochastic: bool | Callable[[Mapping[str, Any]], bool] = False
+    needs_time_map: bool = False
+    default_schedule: str = "karras"  # schedules.py names, "a|b": the first the model supports
+
+    def is_stochastic(self, opts: Mapping[str, Any]) -> bool:
+        return self.stochastic(opts) if callable(self.stochastic) else bool(self.stochastic)
+
+    def schedule_for(self, model) -> str:
+        from sampler_bench.schedules import SCHEDULES
+
+        names = self.default_schedule.split("|")
+        for name in names:
+            if not SCHEDULES[name].needs_time_map or getattr(model, "time_map", None) is not None:
+                return name
+        return names[-1]
+
+
+REGISTRY: dict[str, SolverSpec] = {}
+
+
+def register(spec: SolverSpec) -> SolverSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"solver {spec.name!r} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_solver(name: str) -> SolverSpec:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BenchError(f"unknown solver '{name}'; {hint}run `bench solvers` to list the {len(REGISTRY)} available.")
+
+
+def parse_opts(spec: SolverSpec, raw: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate user options (``["k=v", ...]`` or a mapping) and fill in defaults."""
+    items: list[tuple[str, Any]] = []
+    if raw is None:
+        pass
+    elif isinstance(raw, Mapping):
+        items = list(raw.items())
+    else:
+        for kv in raw:
+            if "=" not in kv:
+                raise BenchError(f"option '{kv}' is not of the form key=value; write e.g. --opt {next(iter(spec.options), 'key')}=VALUE.")
+            k, v = kv.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    out = {k: o.default for k, o in spec.options.items()}
+    for k, v in items:
+        if k not in spec.options:
+            valid = ", ".join(spec.options) or "none"
+            raise BenchError(f"solver '{spec.name}' has no option '{k}'; its options are: {valid}.")
+        out[k] = spec.options[k].parse(spec.name, k, v)
+    return out
+
+
+def steps_for_nfe(spec: SolverSpec, nfe: int, opts: Mapping[str, Any]) -> int:
+    """The number of steps whose NFE is exactly ``nfe``, or a BenchError naming the nearest valid NFEs."""
+    lo_nfe = spec.nfe(spec.min_steps, opts)
+    if nfe < lo_nfe:
+        raise BenchError(f"solver '{spec.name}' needs at least {lo_nfe} NFE (NFE = {spec.nfe_rule}); use --nfe {lo_nfe} or more.")
+    below = above = None
+    for steps in range(spec.min_steps, nfe + 2):
+        n = spec.nfe(steps, opts)
+        if n == nfe:
+            return steps
+        if n < nfe:
+            below = n
+        else:
+            above = n
+            break
+    near = " or ".join(str(v) for v in (below, above) if v is not None)
+    raise BenchError(f"solver '{spec.name}' cannot use exactly {nfe} NFE (NFE = {spec.nfe_rule}); the nearest valid values are {near}.")
+
+
+def run_solver(spec: SolverSpec, denoise, x, sigmas, *, noise, opts: Mapping[str, Any]) -> torch.Tensor:
+    """Run a solver and check that the counted denoiser calls equal its NFE rule."""
+    steps = len(sigmas) - 1
+    expected = spec.nfe(steps, opts)
+    before = denoise.calls
+    out = spec.fn(denoise, x, sigmas, noise=noise, **spec.fixed, **opts)
+    used = denoise.calls - before
+    if used != expected:
+        raise RuntimeError(f"solver {spec.name} made {used} denoiser calls, its NFE rule says {expected}")
+    return out
+
+
+def all_solvers() -> list[SolverSpec]:
+    return list(REGISTRY.values())
+
+
+# Solver families register themselves on import; one module per family.
+from sampler_bench.solvers import ddim, edm  # noqa: E402,F401
