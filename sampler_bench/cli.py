@@ -21,11 +21,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# one line per command module; each adds its commands to `app`
-from sampler_bench.commands import listing, sample  # noqa: E402
 
-for _mod in (sample, listing):
-    _mod.register(app)
+def _register_commands() -> None:
+    """Every module in ``sampler_bench/commands`` adds its commands, in the order of its ``ORDER``."""
+    import importlib
+    import pkgutil
+
+    import sampler_bench.commands as pkg
+
+    mods = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    for mod in sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
+        mod.register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """`bench solvers` and `bench models`: one line per entry."""
 
+ORDER = 90
+
 from __future__ import annotations
 
 import typer

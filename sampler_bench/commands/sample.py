@@ -1,5 +1,7 @@
 """`bench sample`: one sampling run into a run directory."""
 
+ORDER = 10
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -167,5 +167,13 @@ def all_solvers() -> list[SolverSpec]:
     return list(REGISTRY.values())
 
 
-# Solver families register themselves on import; one module per family.
-from sampler_bench.solvers import ddim, edm  # noqa: E402,F401
+def _import_families() -> None:
+    """Every module in this package is a solver family that registers itself on import."""
+    import importlib
+    import pkgutil
+
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{m.name}")
+
+
+_import_families()
