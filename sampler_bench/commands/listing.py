@@ -1,8 +1,8 @@
 """`bench solvers` and `bench models`: one line per entry."""
 
-ORDER = 90
 
 from __future__ import annotations
+ORDER = 90
 
 import typer
 from rich.table import Table

@@ -1,8 +1,8 @@
 """`bench sample`: one sampling run into a run directory."""
 
-ORDER = 10
 
 from __future__ import annotations
+ORDER = 10
 
 from pathlib import Path
 from typing import List, Optional
