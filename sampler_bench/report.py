@@ -1,0 +1,344 @@
+"""Tables and plots of a sweep's results (the records under ``OUT/cells``, see :mod:`sampler_bench.sweep`).
+
+- a solver x NFE table of one metric per model (terminal via rich, Markdown, CSV), best per column
+  marked (lowest, or highest for metrics where higher is better: IS, precision, recall, images/s);
+- ``<metric>_vs_nfe`` plots (PNG and SVG), log axes where the values span a decade or more;
+- ``fie_vs_nfe``: the ER-SDE FIE coefficient of the noise-scale functions used in the sweep (or the
+  paper's set when the sweep has no ER-SDE cell), from :func:`sampler_bench.metrics.fie.fie_curve`;
+- ``samples``: a picture grid, one row per solver, one column per NFE, the same seeds in every tile.
+
+Matplotlib is used through its object API with the Agg renderer (no display, no global state).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sampler_bench.errors import BenchError
+from sampler_bench.fileio import atomic_path, write_text
+from sampler_bench.sweep import _slug, load_records, metric_names, write_results
+
+RECORD_NUMBERS = ("wall_time_s", "images_per_s")
+HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "images_per_s")
+PAPER_PHIS = ["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"]
+
+
+def higher_is_better(metric: str) -> bool:
+    m = metric.lower()
+    return m == "is" or any(m.startswith(p) for p in HIGHER_IS_BETTER)
+
+
+@dataclass
+class ModelTable:
+    model: str
+    nfes: list[int]
+    series: list[str]
+    # values[series][nfe]: float, or a status text ("failed", "n/a"); absent = not run
+    values: dict[str, dict[int, Any]]
+    best: dict[int, float]
+    records: dict[tuple[str, int], dict[str, Any]]
+
+
+@dataclass
+class Report:
+    results: Path
+    out: Path
+    metric: str
+    higher_better: bool
+    tables: list[ModelTable]
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _value(rec: dict[str, Any], metric: str) -> Any:
+    if rec.get("status") == "failed":
+        return "failed"
+    if rec.get("status") == "skipped":
+        return "n/a"
+    v = (rec.get("metrics") or {}).get(metric, rec.get(metric) if metric in RECORD_NUMBERS else None)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def build_tables(records: list[dict[str, Any]], metric: str, higher: bool) -> list[ModelTable]:
+    tables: dict[str, ModelTable] = {}
+    for r in records:
+        model = r.get("model", "?")
+        t = tables.setdefault(model, ModelTable(model, [], [], {}, {}, {}))
+        s, n = r.get("series", r.get("solver", "?")), int(r["nfe"])
+        if s not in t.values:
+            t.series.append(s)
+            t.values[s] = {}
+        if n not in t.nfes:
+            t.nfes.append(n)
+        t.values[s][n] = _value(r, metric)
+        t.records[(s, n)] = r
+    for t in tables.values():
+        t.nfes.sort()
+        for n in t.nfes:
+            vals = [t.values[s].get(n) for s in t.series]
+            nums = [v for v in vals if isinstance(v, float) and math.isfinite(v)]
+            if nums:
+                t.best[n] = max(nums) if higher else min(nums)
+    return list(tables.values())
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def render_terminal(rep: Report):
+    from rich.table import Table
+
+    out = []
+    for t in rep.tables:
+        tbl = Table(title=f"{t.model}: {rep.metric} ({'higher' if rep.higher_better else 'lower'} is better; best per NFE in bold green)",
+                    title_justify="left", header_style="bold")
+        tbl.add_column("solver \\ NFE", overflow="fold")
+        for n in t.nfes:
+            tbl.add_column(str(n), justify="right")
+        for s in t.series:
+            row = []
+            for n in t.nfes:
+                v = t.values[s].get(n)
+                text = _fmt(v)
+                if isinstance(v, float) and t.best.get(n) == v:
+                    text = f"[bold green]{text}[/bold green]"
+                elif v == "failed":
+                    text = "[red]failed[/red]"
+                elif v == "n/a":
+                    text = "[dim]n/a[/dim]"
+                row.append(text)
+            tbl.add_row(s, *row)
+        out.append(tbl)
+    return out
+
+
+def table_markdown(rep: Report) -> str:
+    lines = [f"# {rep.metric} by solver and NFE", "",
+             f"From `{rep.results}`. {'Higher' if rep.higher_better else 'Lower'} is better; the best per NFE is in bold. "
+             "`failed`: the cell failed (see results.md); `n/a`: the solver cannot use exactly that NFE.", ""]
+    for t in rep.tables:
+        lines += [f"## {t.model}", "", "| solver | " + " | ".join(f"NFE {n}" for n in t.nfes) + " |",
+                  "|---|" + "---:|" * len(t.nfes)]
+        for s in t.series:
+            cells = []
+            for n in t.nfes:
+                v = t.values[s].get(n)
+                text = _fmt(v)
+                cells.append(f"**{text}**" if isinstance(v, float) and t.best.get(n) == v else text)
+            lines.append(f"| {s.replace('|', '/')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def table_csv(rep: Report) -> str:
+    nfes = sorted({n for t in rep.tables for n in t.nfes})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "solver", "metric"] + [str(n) for n in nfes])
+    for t in rep.tables:
+        for s in t.series:
+            w.writerow([t.model, s, rep.metric] + [_fmt(t.values[s].get(n)) if n in t.nfes else "" for n in nfes])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _save(fig, base: Path, files: list[Path]) -> None:
+    for ext in ("png", "svg"):
+        path = base.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, metadata={"Date": None} if ext == "svg" else None)
+        files.append(path)
+
+
+def _nfe_axis(ax, nfes: list[int]) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    if len(nfes) >= 2 and max(nfes) / min(nfes) >= 4:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(nfes))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        ax.set_xticks(nfes)
+    ax.set_xlabel("NFE")
+
+
+def plot_metric(t: ModelTable, metric: str, base: Path, files: list[Path]) -> bool:
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    ys_all = []
+    for s in t.series:
+        pts = [(n, t.values[s][n]) for n in t.nfes if isinstance(t.values[s].get(n), float) and math.isfinite(t.values[s][n])]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=s)
+        ys_all += [p[1] for p in pts]
+    if not ys_all:
+        return False
+    _nfe_axis(ax, t.nfes)
+    if min(ys_all) > 0 and max(ys_all) / min(ys_all) >= 10:
+        ax.set_yscale("log")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{t.model}: {metric} vs NFE", fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    _save(fig, base, files)
+    return True
+
+
+def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes: list[str]) -> bool:
+    try:
+        from sampler_bench.metrics.fie import fie_curve
+    except ImportError:
+        notes.append("no FIE plot: sampler_bench.metrics.fie is not part of this install.")
+        return False
+    phis: list[str] = []
+    schedule = None
+    for r in records:
+        phi = (r.get("options_resolved") or {}).get("phi")
+        if phi is not None and r.get("status") == "ok":
+            if str(phi) not in phis:
+                phis.append(str(phi))
+            schedule = schedule or r.get("schedule_resolved")
+    if not phis:
+        phis = list(PAPER_PHIS)
+        notes.append("FIE plot: no ER-SDE cell (no 'phi' option) in these results; showing the paper's noise-scale functions.")
+    nfes = sorted({int(r["nfe"]) for r in records})
+    try:
+        curves = fie_curve(phis, nfes, schedule=schedule or "karras")
+    except BenchError as exc:
+        notes.append(f"no FIE plot: {exc}")
+        return False
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for phi, vals in curves.items():
+        ax.plot(nfes, list(vals), marker="o", markersize=4, label=str(phi))
+    _nfe_axis(ax, nfes)
+    vals_all = [v for vals in curves.values() for v in vals if v is not None and math.isfinite(v)]
+    if vals_all and min(vals_all) > 0 and max(vals_all) / min(vals_all) >= 10:
+        ax.set_yscale("log")
+    ax.set_ylabel("FIE coefficient")
+    ax.set_title(f"FIE vs NFE ({schedule or 'karras'} schedule)", fontsize="medium")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, base, files)
+    return True
+
+
+def _cell_pictures(results: Path, rec: dict[str, Any], k: int) -> np.ndarray | None:
+    from sampler_bench.sampling import make_grid
+
+    rdir = results / rec.get("run_dir", f"runs/{rec['cell']}")
+    npz = rdir / "samples.npz"
+    if npz.is_file():
+        with np.load(npz) as data:
+            imgs = data["images"][:k]
+        return make_grid(imgs, k)
+    png = rdir / "grid.png"
+    if png.is_file():
+        from PIL import Image
+
+        return np.asarray(Image.open(png).convert("RGB"))
+    return None
+
+
+def plot_samples(results: Path, t: ModelTable, k: int, base: Path, files: list[Path]) -> bool:
+    rows, cols = len(t.series), len(t.nfes)
+    pics = {(s, n): _cell_pictures(results, t.records[(s, n)], k)
+            for s in t.series for n in t.nfes if (s, n) in t.records and t.records[(s, n)].get("status") == "ok"}
+    if not any(p is not None for p in pics.values()):
+        return False
+    fig = _figure(1.2 * cols + 1.6, 1.2 * rows + 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, s in enumerate(t.series):
+        for j, n in enumerate(t.nfes):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            pic = pics.get((s, n))
+            if pic is not None:
+                ax.imshow(pic[..., 0] if pic.shape[-1] == 1 else pic, cmap="gray" if pic.shape[-1] == 1 else None,
+                          interpolation="nearest")
+            else:
+                v = t.values[s].get(n)
+                ax.text(0.5, 0.5, "failed" if v == "failed" else "n/a" if v == "n/a" else "", ha="center", va="center",
+                        fontsize="small", color="0.4", transform=ax.transAxes)
+            if i == 0:
+                ax.set_title(f"NFE {n}", fontsize="small")
+            if j == 0:
+                ax.set_ylabel(s, fontsize="small", rotation=0, ha="right", va="center")
+    fig.suptitle(f"{t.model}: first {k} samples (same seeds) per solver and NFE", fontsize="small")
+    _save(fig, base, files)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_report(results: str | Path, metric: str | None = None, out: str | Path | None = None,
+                samples_per_cell: int = 4) -> Report:
+    results = Path(results)
+    if not results.is_dir():
+        raise BenchError(f"results directory '{results}' does not exist; give a sweep's output directory (e.g. results/quickstart).")
+    manifest, records = load_records(results)
+    if manifest is None and not records:
+        raise BenchError(f"'{results}' is not a sweep results directory (no sweep.json, no cells/); run `bench sweep CONFIG` first.")
+    if samples_per_cell < 1:
+        raise BenchError(f"--samples must be a positive integer; got {samples_per_cell}.")
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        raise BenchError(f"'{results}' has no finished cell yet; run or resume the sweep with `bench sweep CONFIG`.")
+    names = metric_names(ok)
+    notes: list[str] = []
+    if metric is None:
+        metric = "fid" if "fid" in names else (names[0] if names else "wall_time_s")
+        if not names:
+            notes.append("these results hold no metrics (no FID reference and no exact metrics); the table shows wall time.")
+    elif metric not in names and metric not in RECORD_NUMBERS:
+        raise BenchError(f"metric '{metric}' is not in these results; available: {', '.join(names + list(RECORD_NUMBERS))}.")
+    out = Path(out) if out is not None else results / "report"
+    higher = higher_is_better(metric)
+    rep = Report(results, out, metric, higher, build_tables(records, metric, higher), notes=notes)
+    try:
+        write_results(results)  # re-aggregate (e.g. after shards wrote their cells)
+    except OSError:
+        notes.append(f"could not refresh {results / 'results.csv'} (not writable); tables below are from the records.")
+    mslug = _slug(metric)
+    write_text(out / f"{mslug}_table.md", table_markdown(rep))
+    write_text(out / f"{mslug}_table.csv", table_csv(rep))
+    rep.files += [out / f"{mslug}_table.md", out / f"{mslug}_table.csv"]
+    multi = len(rep.tables) > 1
+    for t in rep.tables:
+        suffix = f"__{_slug(t.model)}" if multi else ""
+        if not plot_metric(t, metric, out / f"{mslug}_vs_nfe{suffix}", rep.files):
+            notes.append(f"{t.model}: no finite {metric} value to plot.")
+        if not plot_samples(results, t, samples_per_cell, out / f"samples{suffix}", rep.files):
+            notes.append(f"{t.model}: no sample pictures found (runs/<cell>/samples.npz).")
+    plot_fie(records, out / "fie_vs_nfe", rep.files, notes)
+    return rep

@@ -1,0 +1,689 @@
+"""Sweeps: a YAML grid of models x solvers (with option grids) x NFE, expanded into cells, each run
+with :func:`sampler_bench.sampling.run_sample` (the code path of ``bench sample``), and a resumable
+results store.
+
+Layout of a sweep's output directory::
+
+    OUT/sweep.json            the validated config and the list of cells (rewritten at each start)
+    OUT/runs/<cell>/          one run directory per cell (samples.npz, grid.png, run.json, ...)
+    OUT/cells/<cell>.json     one record per cell: status ok / failed / skipped, reason, config,
+                              counted NFE, wall time, images/s, metrics
+    OUT/results.csv, .md      every cell of the current config, rewritten after each cell
+
+Every file is written atomically, and a run directory appears only when complete, so a sweep killed
+at any moment loses at most the cell in progress. A re-run skips cells whose record says ``ok`` (and
+finishes a cell whose run directory is complete but whose record was not yet written); failed cells
+are retried.
+
+NFE a solver cannot hit exactly (e.g. an even NFE for Heun, NFE = 2*steps - 1): with
+``on_invalid_nfe: skip`` (the default) the cell is kept as ``skipped`` with the reason (which names
+the nearest valid NFEs) in its record and in the results; with ``on_invalid_nfe: error`` the config is
+refused up front, naming the cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sampler_bench.errors import BenchError
+from sampler_bench.fileio import write_json, write_text
+from sampler_bench.sampling import RunConfig, parse_seeds
+
+TOP_KEYS = {
+    "name": "sweep name (default: the file name)",
+    "description": "free text",
+    "out": "output directory (default: results/<name>)",
+    "models": "list of model names, or mappings {model, label, class_label, fid, batch}",
+    "solvers": "list of solver names, or mappings {name, label, opts, nfe, schedule}",
+    "nfe": "list of NFE values",
+    "seeds": "seed ranges such as 0-63 or a list of ints",
+    "num": "number of samples (seeds 0..num-1), instead of seeds",
+    "batch": "batch size",
+    "schedule": "step schedule NAME[:k=v,...], a list of them, or null for each solver's default",
+    "class_label": "null, 'random' or a class index",
+    "device": "auto, cpu or cuda",
+    "metrics": "mapping {fid, extra, inception_weights}",
+    "on_invalid_nfe": "skip or error",
+    "save_images": "true to also write one PNG per sample",
+}
+MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
+SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule")
+METRIC_KEYS = ("fid", "extra", "inception_weights")
+INVALID_NFE = ("skip", "error")
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: a RunConfig plus where and how it is shown."""
+
+    id: str
+    index: int
+    model: str  # model label
+    series: str  # solver label shown in tables and plots (solver + explicit options + schedule)
+    solver: str
+    options: dict[str, Any]  # options the config sets explicitly (the rest are the solver's defaults)
+    nfe: int
+    cfg: RunConfig
+    skip_reason: str | None = None  # set when the solver cannot hit this NFE exactly
+
+
+@dataclass
+class Sweep:
+    name: str
+    source: str  # the config file
+    out: Path
+    cells: list[Cell]
+    save_images: bool = False
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def shard(self, shard: tuple[int, int] | None) -> list[Cell]:
+        """Cell k belongs to shard i/n (1-based) when k % n == i - 1: disjoint, and together all cells."""
+        if shard is None:
+            return list(self.cells)
+        i, n = shard
+        return [c for c in self.cells if c.index % n == i - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation (no model is loaded)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, source: str):
+        self.source = source
+
+    def err(self, key: str, problem: str) -> BenchError:
+        return BenchError(f"{self.source}: key '{key}': {problem}")
+
+
+def _slug(text: str) -> str:
+    text = str(text).replace("/", "-").replace(":", "-").replace(",", "-").replace("=", "")
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "-", text)
+    return re.sub(r"-{2,}", "-", text).strip("-.") or "x"
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def compact_seeds(seeds: list[int]) -> str:
+    """[0,1,2,3,7] -> '0-3,7' (the inverse of :func:`parse_seeds`)."""
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+def _int(ctx: _Ctx, key: str, v: Any, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ctx.err(key, f"{v!r} is not valid; use an integer >= {minimum}.")
+    return v
+
+
+def _nfe_list(ctx: _Ctx, key: str, v: Any) -> list[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ctx.err(key, f"{v!r} is not valid; use a non-empty list of positive integers such as [5, 10, 20].")
+    out = [_int(ctx, f"{key}[{i}]", x) for i, x in enumerate(v)]
+    if len(set(out)) != len(out):
+        raise ctx.err(key, f"{v!r} repeats a value; list each NFE once.")
+    return out
+
+
+def _schedules(ctx: _Ctx, key: str, v: Any) -> list[str | None]:
+    from sampler_bench.schedules import SCHEDULES, parse_schedule
+
+    vals = v if isinstance(v, list) else [v]
+    if not vals:
+        raise ctx.err(key, "is an empty list; give a schedule name or null.")
+    out: list[str | None] = []
+    for i, s in enumerate(vals):
+        k = f"{key}[{i}]" if isinstance(v, list) else key
+        if s is None:
+            out.append(None)
+            continue
+        if not isinstance(s, str):
+            raise ctx.err(k, f"{s!r} is not valid; use one of {', '.join(SCHEDULES)} (NAME or NAME:key=value) or null.")
+        try:
+            parse_schedule(s)
+        except BenchError as exc:
+            raise ctx.err(k, str(exc)) from None
+        out.append(s)
+    return out
+
+
+def _class_label(ctx: _Ctx, key: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    if v == "random":
+        return "random"
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return str(v)
+    if isinstance(v, str) and v.isdigit():
+        return v
+    raise ctx.err(key, f"{v!r} is not valid; use null, 'random' or a class index.")
+
+
+def _check_model(ctx: _Ctx, key: str, spec: Any) -> str:
+    from sampler_bench.models.registry import MODELS, parse_model_spec
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ctx.err(key, f"{spec!r} is not a model; use a name from `bench models` ({', '.join(MODELS)}), NAME:key=value,... or a checkpoint path.")
+    try:
+        parse_model_spec(spec)
+    except BenchError as exc:
+        raise ctx.err(key, str(exc)) from None
+    return spec
+
+
+def model_availability(spec: str) -> str | None:
+    """None for a built-in model or an existing checkpoint file; else a note on its state.
+
+    Nothing is loaded: this is what a dry-run shows. A real run loads the model and a failure fails
+    the cells of that model with the loader's message.
+    """
+    from sampler_bench.models.registry import LOADERS_BY_SUFFIX, MODELS
+
+    name = spec.partition(":")[0]
+    if name in MODELS:
+        try:
+            state = MODELS[name].status()
+        except Exception as exc:  # a status probe must never break a dry-run
+            state = f"unknown ({exc})"
+        return None if state == "built in" else f"registered, state: {state}"
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() in LOADERS_BY_SUFFIX:
+            return None
+        return f"'{spec}' has no loader for '{path.suffix}' in this install (loaders: {', '.join(LOADERS_BY_SUFFIX) or 'none'})"
+    return f"model '{spec}' is not registered in this install and is not a checkpoint file; a real run fails its cells until it is (see `bench models`)"
+
+
+def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
+    from sampler_bench.solvers import REGISTRY, get_solver
+
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise ctx.err(key, f"{entry!r} is not valid; use a solver name or a mapping with keys {', '.join(SOLVER_KEYS)}.")
+    for k in entry:
+        if k not in SOLVER_KEYS:
+            raise ctx.err(f"{key}.{k}", f"unknown key; allowed keys: {', '.join(SOLVER_KEYS)}.")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ctx.err(f"{key}.name", f"missing or not a string; use one of {', '.join(REGISTRY)}.")
+    try:
+        spec = get_solver(name)
+    except BenchError:
+        raise ctx.err(f"{key}.name", f"unknown solver '{name}'; allowed: {', '.join(REGISTRY)}.") from None
+    opts = entry.get("opts") or {}
+    if not isinstance(opts, dict):
+        raise ctx.err(f"{key}.opts", f"{opts!r} is not valid; use a mapping option: value (a list of values makes a grid axis).")
+    axes: list[list[tuple[str, Any]]] = []
+    for k, v in opts.items():
+        if k not in spec.options:
+            raise ctx.err(f"{key}.opts.{k}", f"solver '{name}' has no option '{k}'; allowed: {', '.join(spec.options) or 'none'}.")
+        vals = v if isinstance(v, list) else [v]
+        if not vals:
+            raise ctx.err(f"{key}.opts.{k}", "is an empty list; give at least one value.")
+        parsed = []
+        for j, raw in enumerate(vals):
+            try:
+                parsed.append((k, spec.options[k].parse(name, k, raw)))
+            except BenchError as exc:
+                raise ctx.err(f"{key}.opts.{k}" + (f"[{j}]" if isinstance(v, list) else ""), str(exc)) from None
+        axes.append(parsed)
+    label = entry.get("label")
+    if label is not None and not isinstance(label, (str, int, float)):
+        raise ctx.err(f"{key}.label", f"{label!r} is not valid; use a short text.")
+    return {
+        "name": name,
+        "label": None if label is None else str(label),
+        "grid": [dict(c) for c in itertools.product(*axes)] if axes else [{}],
+        "multi": any(len(a) > 1 for a in axes),
+        "nfe": _nfe_list(ctx, f"{key}.nfe", entry["nfe"]) if "nfe" in entry else None,
+        "schedules": _schedules(ctx, f"{key}.schedule", entry["schedule"]) if "schedule" in entry else None,
+    }
+
+
+def _model_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
+    if isinstance(entry, str):
+        entry = {"model": entry}
+    if not isinstance(entry, dict):
+        raise ctx.err(key, f"{entry!r} is not valid; use a model name or a mapping with keys {', '.join(MODEL_KEYS)}.")
+    for k in entry:
+        if k not in MODEL_KEYS:
+            raise ctx.err(f"{key}.{k}", f"unknown key; allowed keys: {', '.join(MODEL_KEYS)}.")
+    spec = _check_model(ctx, f"{key}.model", entry.get("model"))
+    out = {"model": spec, "label": str(entry.get("label") or spec)}
+    if "class_label" in entry:
+        out["class_label"] = _class_label(ctx, f"{key}.class_label", entry["class_label"])
+    if "fid" in entry:
+        out["fid"] = _opt_str(ctx, f"{key}.fid", entry["fid"], "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
+    if "batch" in entry:
+        out["batch"] = _int(ctx, f"{key}.batch", entry["batch"])
+    return out
+
+
+def _opt_str(ctx: _Ctx, key: str, v: Any, what: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise ctx.err(key, f"{v!r} is not valid; use {what} or null.")
+    return v
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """Read and validate a sweep YAML and expand it into cells. Loads no model."""
+    import yaml
+
+    from sampler_bench.solvers import get_solver, steps_for_nfe
+
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise BenchError(f"sweep config '{src}' does not exist; give the path of a YAML file such as configs/quickstart.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BenchError(f"{src}: not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"cannot read sweep config '{src}': {exc}; check the file.") from None
+    ctx = _Ctx(src)
+    if not isinstance(raw, dict):
+        raise BenchError(f"{src}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}.")
+    for k in raw:
+        if k not in TOP_KEYS:
+            raise ctx.err(str(k), f"unknown key; allowed keys: {', '.join(TOP_KEYS)}.")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise ctx.err("name", f"{name!r} is not valid; use a short text.")
+    for req in ("models", "solvers"):
+        if not isinstance(raw.get(req), list) or not raw[req]:
+            raise ctx.err(req, f"missing or empty; give a list ({TOP_KEYS[req]}).")
+    models = [_model_entry(ctx, f"models[{i}]", m) for i, m in enumerate(raw["models"])]
+    solvers = [_solver_entry(ctx, f"solvers[{i}]", s) for i, s in enumerate(raw["solvers"])]
+    nfes = _nfe_list(ctx, "nfe", raw["nfe"]) if "nfe" in raw else None
+    if nfes is None and any(s["nfe"] is None for s in solvers):
+        raise ctx.err("nfe", "missing; give a list of NFE values (or an nfe list in every solver entry).")
+    if "seeds" in raw and "num" in raw:
+        raise ctx.err("seeds", "given together with 'num'; keep one of them.")
+    if "seeds" in raw:
+        sv = raw["seeds"]
+        if isinstance(sv, list) and sv and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sv):
+            seeds = list(sv)
+            if len(set(seeds)) != len(seeds):
+                raise ctx.err("seeds", "repeats a seed; each sample needs its own seed.")
+        elif isinstance(sv, (str, int)) and not isinstance(sv, bool):
+            try:
+                seeds = parse_seeds(str(sv))
+            except BenchError as exc:
+                raise ctx.err("seeds", str(exc)) from None
+        else:
+            raise ctx.err("seeds", f"{sv!r} is not valid; use ranges such as '0-63' or a list of non-negative ints.")
+    else:
+        seeds = list(range(_int(ctx, "num", raw.get("num", 64))))
+    batch = _int(ctx, "batch", raw.get("batch", 64))
+    schedules = _schedules(ctx, "schedule", raw.get("schedule"))
+    class_label = _class_label(ctx, "class_label", raw.get("class_label"))
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise ctx.err("device", f"{device!r} is not valid; use auto, cpu or cuda.")
+    metrics = raw.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ctx.err("metrics", f"{metrics!r} is not valid; use a mapping with keys {', '.join(METRIC_KEYS)}.")
+    for k in metrics:
+        if k not in METRIC_KEYS:
+            raise ctx.err(f"metrics.{k}", f"unknown key; allowed keys: {', '.join(METRIC_KEYS)}.")
+    fid = _opt_str(ctx, "metrics.fid", metrics.get("fid"), "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
+    extra = metrics.get("extra") or []
+    if isinstance(extra, str):
+        extra = [extra]
+    if not isinstance(extra, list) or not all(isinstance(e, str) and e for e in extra):
+        raise ctx.err("metrics.extra", f"{extra!r} is not valid; use a list of metric names (e.g. [kid, isc]).")
+    weights = _opt_str(ctx, "metrics.inception_weights", metrics.get("inception_weights"), "a path to the Inception weights file")
+    policy = raw.get("on_invalid_nfe", "skip")
+    if policy not in INVALID_NFE:
+        raise ctx.err("on_invalid_nfe", f"{policy!r} is not valid; allowed values: {', '.join(INVALID_NFE)}.")
+    save_images = raw.get("save_images", False)
+    if not isinstance(save_images, bool):
+        raise ctx.err("save_images", f"{save_images!r} is not valid; use true or false.")
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"results/{_slug(name)}")
+
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    model_slugs: dict[str, str] = {}
+    for mi, m in enumerate(models):
+        mslug = _slug(m["label"])
+        if mslug in model_slugs.values():
+            raise ctx.err(f"models[{mi}]", f"model '{m['label']}' appears twice; give each entry its own label.")
+        model_slugs[m["label"]] = mslug
+        for si, s in enumerate(solvers):
+            spec = get_solver(s["name"])
+            for opts in s["grid"]:
+                for sched in (s["schedules"] if s["schedules"] is not None else schedules):
+                    base = s["label"] or s["name"]
+                    shown = base if (s["label"] and not s["multi"]) else (
+                        base + "".join(f"-{_slug(k)}{_slug(_fmt_value(v))}" for k, v in opts.items()))
+                    series = s["label"] if (s["label"] and not s["multi"]) else (
+                        base + (" (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in opts.items()) + ")" if opts else ""))
+                    if sched is not None:
+                        shown += "@" + _slug(sched)
+                        series += f" [{sched}]"
+                    for nfe in (s["nfe"] if s["nfe"] is not None else nfes):
+                        cid = f"{mslug}__{_slug(shown)}__nfe{nfe:03d}"
+                        where = f"models[{mi}] x solvers[{si}]"
+                        if cid in seen:
+                            raise ctx.err(f"solvers[{si}]", f"cell '{cid}' ({where}) duplicates {seen[cid]}; remove the repeat or give it a different label.")
+                        seen[cid] = where
+                        cfg = RunConfig(model=m["model"], solver=s["name"], nfe=nfe, seeds=list(seeds),
+                                        batch=m.get("batch", batch), schedule=sched, opts=dict(opts),
+                                        class_label=m.get("class_label", class_label), device=device,
+                                        fid_ref=m.get("fid", fid), metrics=list(extra), inception_weights=weights)
+                        reason = None
+                        try:
+                            steps_for_nfe(spec, nfe, spec_opts(spec, opts))
+                        except BenchError as exc:
+                            if policy == "error":
+                                raise BenchError(f"{src}: cell '{cid}': {exc} Set on_invalid_nfe: skip, or give this solver its own nfe list.") from None
+                            reason = str(exc)
+                        cells.append(Cell(cid, len(cells), m["label"], series, s["name"], dict(opts), nfe, cfg, reason))
+    return Sweep(name=name, source=src, out=out_dir, cells=cells, save_images=save_images,
+                 description=str(raw.get("description") or ""), raw=raw)
+
+
+def spec_opts(spec, opts: dict[str, Any]) -> dict[str, Any]:
+    from sampler_bench.solvers import parse_opts
+
+    return parse_opts(spec, opts)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise BenchError(f"--shard '{text}' is not valid; use i/n with 1 <= i <= n, e.g. --shard 1/4.")
+    return int(m.group(1)), int(m.group(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results store
+# ---------------------------------------------------------------------------------------------
+
+
+def record_path(out: Path, cell_id: str) -> Path:
+    return Path(out) / "cells" / f"{cell_id}.json"
+
+
+def run_dir(out: Path, cell_id: str) -> Path:
+    return Path(out) / "runs" / cell_id
+
+
+def read_record(out: Path, cell_id: str) -> dict[str, Any] | None:
+    p = record_path(out, cell_id)
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        return None  # unreadable: treated as not done (records are written atomically, so this is foreign)
+
+
+def cell_status(out: Path, cell: Cell) -> str:
+    """'ok', 'failed', 'skipped' (invalid NFE), or 'pending'."""
+    if cell.skip_reason:
+        return "skipped"
+    rec = read_record(out, cell.id)
+    if rec is None or rec.get("config") != cell.cfg.identity():
+        return "pending"
+    return rec.get("status", "pending")
+
+
+def _base_record(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+    return {
+        "cell": cell.id, "sweep": sweep.name, "model": cell.model, "model_spec": cell.cfg.model,
+        "solver": cell.solver, "series": cell.series, "options": cell.options, "nfe": cell.nfe,
+        "schedule": cell.cfg.schedule, "seeds": compact_seeds(cell.cfg.seeds), "num_images": len(cell.cfg.seeds),
+        "batch": cell.cfg.batch, "class_label": cell.cfg.class_label, "fid_ref": cell.cfg.fid_ref,
+        "config": cell.cfg.identity(), "run_dir": f"runs/{cell.id}",
+    }
+
+
+def _ok_record(sweep: Sweep, cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
+    res = rec.get("resolved", {})
+    out = _base_record(sweep, cell)
+    out.update({
+        "status": "ok", "reason": None, "schedule": res.get("schedule", cell.cfg.schedule),
+        "options_resolved": res.get("options"), "schedule_resolved": res.get("schedule"), "steps": res.get("steps"),
+        "stochastic": res.get("stochastic"), "nfe_counted": rec.get("nfe_counted"),
+        "wall_time_s": rec.get("wall_time_s"), "images_per_s": rec.get("images_per_s"), "device": rec.get("device"),
+        "metrics": rec.get("metrics") or {}, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return out
+
+
+def _fail_record(sweep: Sweep, cell: Cell, reason: str, tb: str | None = None) -> dict[str, Any]:
+    out = _base_record(sweep, cell)
+    out.update({"status": "failed", "reason": reason, "metrics": {}, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if tb:
+        out["traceback"] = tb
+    return out
+
+
+def _skip_record(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+    out = _base_record(sweep, cell)
+    out.update({"status": "skipped", "reason": cell.skip_reason, "metrics": {}})
+    return out
+
+
+def write_manifest(sweep: Sweep) -> None:
+    write_json(sweep.out / "sweep.json", {
+        "name": sweep.name, "source": sweep.source, "description": sweep.description, "config": sweep.raw,
+        "cells": [{"cell": c.id, "model": c.model, "series": c.series, "solver": c.solver, "nfe": c.nfe,
+                   "skip_reason": c.skip_reason} for c in sweep.cells],
+    })
+
+
+BASE_COLUMNS = ["cell", "status", "model", "series", "solver", "options", "schedule", "nfe", "nfe_counted", "steps",
+                "num_images", "seeds", "batch", "class_label", "fid_ref", "device", "wall_time_s", "images_per_s",
+                "reason", "run_dir"]
+
+
+def load_records(out: str | Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The manifest (or None) and the records of a results directory, in the manifest's cell order.
+
+    With a manifest, only the cells of the current config count (records of cells since removed from
+    the config are ignored); cells not run yet are absent.
+    """
+    out = Path(out)
+    manifest = None
+    if (out / "sweep.json").is_file():
+        try:
+            manifest = json.loads((out / "sweep.json").read_text())
+        except ValueError:
+            manifest = None
+    recs: dict[str, dict[str, Any]] = {}
+    for p in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
+        try:
+            r = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "cell" in r:
+            recs[r["cell"]] = r
+    if manifest is None:
+        return None, list(recs.values())
+    ordered = []
+    for c in manifest.get("cells", []):
+        if c["cell"] in recs:
+            ordered.append(recs[c["cell"]])
+        elif c.get("skip_reason"):
+            ordered.append({"cell": c["cell"], "status": "skipped", "reason": c["skip_reason"], "model": c["model"],
+                            "series": c["series"], "solver": c["solver"], "nfe": c["nfe"], "metrics": {}})
+    return manifest, ordered
+
+
+def metric_names(records: Iterable[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in records:
+        for k, v in (r.get("metrics") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                names[k] = None
+    return sorted(names)
+
+
+def _cell_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}" if math.isfinite(v) else str(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    mets = metric_names(records)
+    cols = BASE_COLUMNS + mets
+    rows = []
+    for r in records:
+        row = [_cell_text(r.get(c)) for c in BASE_COLUMNS]
+        row += [_cell_text((r.get("metrics") or {}).get(m)) for m in mets]
+        rows.append(row)
+    return cols, rows
+
+
+def write_results(out: str | Path) -> tuple[Path, Path]:
+    """(Re)write ``results.csv`` and ``results.md`` from the records on disk."""
+    out = Path(out)
+    manifest, records = load_records(out)
+    cols, rows = results_rows(records)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    w.writerows(rows)
+    write_text(out / "results.csv", buf.getvalue())
+    name = (manifest or {}).get("name", out.name)
+    n = {s: sum(r.get("status") == s for r in records) for s in ("ok", "failed", "skipped")}
+    total = len((manifest or {}).get("cells", records))
+    md = [f"# Sweep results: {name}", ""]
+    if manifest and manifest.get("description"):
+        md += [manifest["description"], ""]
+    md += [f"{total} cells: {n['ok']} ok, {n['failed']} failed, {n['skipped']} skipped, "
+           f"{total - sum(n.values())} not run yet. Config: `{(manifest or {}).get('source', '?')}`.", ""]
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    md_cols = [c for c in cols if c not in ("reason", "run_dir")]
+    idx = [cols.index(c) for c in md_cols]
+    md.append("| " + " | ".join(md_cols) + " |")
+    md.append("|" + "---|" * len(md_cols))
+    for row in rows:
+        md.append("| " + " | ".join(esc(row[i]) for i in idx) + " |")
+    bad = [r for r in records if r.get("status") in ("failed", "skipped")]
+    if bad:
+        md += ["", "## Failed and skipped cells", ""]
+        md += [f"- `{r['cell']}` ({r['status']}): {esc(str(r.get('reason')))}" for r in bad]
+    write_text(out / "results.md", "\n".join(md) + "\n")
+    return out / "results.csv", out / "results.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepHooks:
+    """Callbacks for the CLI's progress display (all optional)."""
+
+    cell_start: Callable[[Cell, int, int], None] | None = None  # cell, position, number of cells to run
+    samples_start: Callable[[int], None] | None = None
+    samples_progress: Callable[[int], None] | None = None
+    cell_end: Callable[[Cell, dict[str, Any]], None] | None = None
+
+
+def check_consistent(sweep: Sweep) -> None:
+    """Refuse to mix results: a record under a cell's id with a different config is an error."""
+    for c in sweep.cells:
+        rec = read_record(sweep.out, c.id)
+        if rec is not None and "config" in rec and rec["config"] != c.cfg.identity():
+            diff = sorted(k for k in set(rec["config"]) | set(c.cfg.identity()) if rec["config"].get(k) != c.cfg.identity().get(k))
+            raise BenchError(f"'{sweep.out}' holds results of a different config for cell '{c.id}' (differs in: {', '.join(diff)}); use another --out or delete that directory.")
+
+
+def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHooks | None = None) -> dict[str, int]:
+    """Run the cells of ``shard`` (all by default) that are not finished; return counts by outcome."""
+    from sampler_bench.models.registry import load_model, resolve_device
+    from sampler_bench.sampling import existing_run_matches, run_sample
+
+    hooks = hooks or SweepHooks()
+    check_consistent(sweep)
+    write_manifest(sweep)
+    mine = sweep.shard(shard)
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
+    todo = []
+    for c in mine:
+        st = cell_status(sweep.out, c)
+        if st == "skipped":
+            if read_record(sweep.out, c.id) is None:
+                write_json(record_path(sweep.out, c.id), _skip_record(sweep, c))
+            counts["skipped"] += 1
+        elif st == "ok":
+            counts["done_before"] += 1
+        else:
+            todo.append(c)
+    write_results(sweep.out)
+    model_cache: dict[tuple[str, str], Any] = {}
+    for pos, c in enumerate(todo):
+        if hooks.cell_start:
+            hooks.cell_start(c, pos, len(todo))
+        rdir = run_dir(sweep.out, c.id)
+        try:
+            model = None
+            if not existing_run_matches(rdir, c.cfg):
+                key = (c.cfg.model, c.cfg.device)
+                if key not in model_cache:
+                    model_cache.clear()  # one model in memory at a time (cells are model-major)
+                    try:
+                        model_cache[key] = load_model(c.cfg.model, resolve_device(c.cfg.device))
+                    except BenchError as exc:
+                        model_cache[key] = exc
+                model = model_cache[key]
+                if isinstance(model, BenchError):
+                    raise model
+            rec = run_sample(c.cfg, rdir, save_images=sweep.save_images, model=model,
+                             on_start=hooks.samples_start, on_progress=hooks.samples_progress)
+            record = _ok_record(sweep, c, rec)
+        except BenchError as exc:
+            record = _fail_record(sweep, c, str(exc))
+        except Exception as exc:  # any solver / model error fails this cell only
+            record = _fail_record(sweep, c, f"{type(exc).__name__}: {' '.join(str(exc).split())}", traceback.format_exc())
+        write_json(record_path(sweep.out, c.id), record)
+        counts[record["status"]] += 1
+        write_results(sweep.out)
+        if hooks.cell_end:
+            hooks.cell_end(c, record)
+    return counts
