@@ -188,6 +188,10 @@ def _check_model(ctx: _Ctx, key: str, spec: Any) -> str:
 
     if not isinstance(spec, str) or not spec.strip():
         raise ctx.err(key, f"{spec!r} is not a model; use a name from `bench models` ({', '.join(MODELS)}), NAME:key=value,... or a checkpoint path.")
+    head = spec.split(":", 1)[0]
+    if "=" in head:
+        raise ctx.err(key, f"'{spec}' is not a model; it looks like a parameter split off a model spec by a YAML "
+                           f"flow list [a,b]: quote the spec, e.g. ['gmm:classes=2,shape=3x8x8'], or use a block list.")
     try:
         parse_model_spec(spec)
     except BenchError as exc:
