@@ -1,0 +1,147 @@
+"""bench report: solver x NFE tables (terminal, Markdown, CSV) and plots (PNG, SVG) from a sweep."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import textwrap
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from rich.console import Console
+from typer.testing import CliRunner
+
+import sampler_bench.sampling as sampling
+from sampler_bench.cli import app
+from sampler_bench.errors import BenchError
+from sampler_bench.report import make_report, render_terminal
+from sampler_bench.solvers import REGISTRY, SolverSpec
+from sampler_bench.sweep import load_sweep, run_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class MeanAbs:
+    """A test metric: mean |x| of the float samples (a real function of the samples, not a constant)."""
+
+    name = "mean_abs"
+
+    def __init__(self):
+        self.total, self.n = 0.0, 0
+
+    def update(self, batch):
+        self.total += float(batch.x.abs().sum())
+        self.n += batch.x.numel()
+
+    def result(self):
+        return {"mean_abs": self.total / self.n}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rep")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sampling, "build_consumers", lambda *a, **k: [MeanAbs()])
+
+    def boom(denoise, x, sigmas, *, noise):
+        raise RuntimeError("exploded")
+
+    mp.setitem(REGISTRY, "boom-test", SolverSpec(name="boom-test", fn=boom, family="test", summary="t",
+                                                 nfe=lambda s, o: s, nfe_rule="steps"))
+    cfg = tmp / "r.yaml"
+    cfg.write_text(textwrap.dedent("""
+        name: rep
+        models:
+          - model: gmm:classes=2,shape=3x8x8
+            label: tiny
+        solvers: [euler, heun, boom-test]
+        nfe: [3, 4, 9]
+        num: 4
+        device: cpu
+    """))
+    sw = load_sweep(cfg, tmp / "out")
+    run_sweep(sw)
+    mp.undo()
+    return sw.out
+
+
+def _is_png(p: Path) -> bool:
+    with Image.open(p) as im:
+        im.verify()
+    return p.read_bytes()[:8] == PNG_MAGIC
+
+
+def _is_svg(p: Path) -> bool:
+    return ET.parse(p).getroot().tag.endswith("svg")
+
+
+def test_report_tables_and_plots(results, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sampler_bench.metrics.fie", None)  # FIE module absent: no plot, a note
+    rep = make_report(results, out=tmp_path / "rep")
+    assert rep.metric == "mean_abs" and not rep.higher_better
+    (t,) = rep.tables
+    assert t.series == ["euler", "heun", "boom-test"] and t.nfes == [3, 4, 9]
+    assert t.values["heun"][4] == "n/a" and t.values["boom-test"][3] == "failed"
+    for n in (3, 9):
+        assert t.best[n] == min(t.values["euler"][n], t.values["heun"][n])
+    # terminal table
+    con = Console(record=True, width=200, color_system=None)
+    for tbl in render_terminal(rep):
+        con.print(tbl)
+    text = con.export_text()
+    assert "tiny: mean_abs (lower is better" in text
+    for word in ("euler", "heun", "boom-test", "failed", "n/a", f"{t.values['euler'][4]:.4g}"):
+        assert word in text
+    # markdown: the best per column is bold
+    md = (tmp_path / "rep" / "mean_abs_table.md").read_text()
+    assert "| solver | NFE 3 | NFE 4 | NFE 9 |" in md
+    assert f"**{t.best[9]:.4g}**" in md
+    # csv
+    with open(tmp_path / "rep" / "mean_abs_table.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["model", "solver", "metric", "3", "4", "9"]
+    assert [r[1] for r in rows[1:]] == ["euler", "heun", "boom-test"]
+    assert float(rows[1][3]) == pytest.approx(t.values["euler"][3], rel=1e-3)
+    # plots
+    names = {p.name for p in rep.files}
+    for stem in ("mean_abs_vs_nfe", "samples"):
+        assert _is_png(tmp_path / "rep" / f"{stem}.png")
+        assert _is_svg(tmp_path / "rep" / f"{stem}.svg")
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert "fie_vs_nfe.png" not in names
+    assert any("no FIE plot" in n for n in rep.notes)
+    # the aggregated results carry the metric
+    with open(results / "results.csv") as f:
+        res = list(csv.DictReader(f))
+    assert "mean_abs" in res[0] and res[0]["mean_abs"]
+
+
+def test_fie_plot_uses_the_fie_api(results, tmp_path, monkeypatch):
+    calls = []
+
+    def fie_curve(phis, nfes, schedule="karras", model=None):
+        calls.append((list(phis), list(nfes), schedule))
+        return {p: [1.0 / n * (i + 1) for n in nfes] for i, p in enumerate(phis)}
+
+    monkeypatch.setitem(sys.modules, "sampler_bench.metrics.fie", types.SimpleNamespace(fie_curve=fie_curve))
+    rep = make_report(results, out=tmp_path / "rep", metric="wall_time_s")
+    assert calls == [(["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"], [3, 4, 9], "karras")]
+    assert _is_png(tmp_path / "rep" / "fie_vs_nfe.png") and _is_svg(tmp_path / "rep" / "fie_vs_nfe.svg")
+    assert rep.metric == "wall_time_s"
+
+
+def test_report_cli_and_errors(results, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(results), "--metric", "images_per_s", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "images_per_s (higher is better" in res.output
+    assert (tmp_path / "r" / "images_per_s_table.md").is_file()
+    res = runner.invoke(app, ["report", str(results), "--metric", "fdi"])
+    assert res.exit_code == 2 and "metric 'fdi' is not in these results; available: mean_abs" in " ".join(res.output.split())
+    with pytest.raises(BenchError, match="not a sweep results directory"):
+        make_report(tmp_path)
+    with pytest.raises(BenchError, match="does not exist"):
+        make_report(tmp_path / "nope")
