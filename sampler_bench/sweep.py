@@ -638,6 +638,22 @@ def check_consistent(sweep: Sweep) -> None:
             raise BenchError(f"'{sweep.out}' holds results of a different config for cell '{c.id}' (differs in: {', '.join(diff)}); use another --out or delete that directory.")
 
 
+def _remove_leftovers(out: Path, cell_id: str) -> None:
+    """Remove the temporary files of a cell left by a process killed with SIGKILL (or a power cut).
+
+    Only the cells about to run are cleaned, so shards running side by side never touch each other's
+    work in progress.
+    """
+    import shutil
+
+    for pattern, where in ((f".{cell_id}.*.tmp", "runs"), (f".{cell_id}.*.old", "runs"), (f".{cell_id}.json.*.tmp", "cells")):
+        for p in (Path(out) / where).glob(pattern) if (Path(out) / where).is_dir() else []:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
 def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHooks | None = None) -> dict[str, int]:
     """Run the cells of ``shard`` (all by default) that are not finished; return counts by outcome."""
     from sampler_bench.models.registry import load_model, resolve_device
@@ -659,6 +675,8 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
             counts["done_before"] += 1
         else:
             todo.append(c)
+    for c in todo:
+        _remove_leftovers(sweep.out, c.id)
     write_results(sweep.out)
     model_cache: dict[tuple[str, str], Any] = {}
     for pos, c in enumerate(todo):
