@@ -230,7 +230,7 @@ def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes
     nfes = sorted({int(r["nfe"]) for r in records})
     try:
         curves = fie_curve(phis, nfes, schedule=schedule or "karras")
-    except BenchError as exc:
+    except (BenchError, ValueError, KeyError) as exc:
         notes.append(f"no FIE plot: {exc}")
         return False
     fig = _figure(6.4, 4.2)
@@ -249,26 +249,46 @@ def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes
     return True
 
 
-def _cell_pictures(results: Path, rec: dict[str, Any], k: int) -> np.ndarray | None:
+def tiles_from_grid(grid: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The first ``k`` pictures (NHWC) of a run's ``grid.png`` made by ``make_grid`` from ``n`` pictures."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    pad = 2
+    h = (grid.shape[0] - pad) // rows - pad
+    w = (grid.shape[1] - pad) // cols - pad
+    out = []
+    for i in range(min(k, n)):
+        r, q = divmod(i, cols)
+        out.append(grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w])
+    return np.stack(out)
+
+
+def cell_pictures(results: Path, rec: dict[str, Any], k: int) -> np.ndarray | None:
+    """The first ``k`` samples of a cell as one picture, read from its grid.png (cheap even for 50k-image
+    runs) or, failing that, from samples.npz."""
+    from PIL import Image
+
     from sampler_bench.sampling import make_grid
 
     rdir = results / rec.get("run_dir", f"runs/{rec['cell']}")
-    npz = rdir / "samples.npz"
+    png, npz = rdir / "grid.png", rdir / "samples.npz"
+    n = min(int(rec.get("num_images") or 0), 64)
+    if png.is_file() and n:
+        with Image.open(png) as im:
+            grid = np.asarray(im)
+        if grid.ndim == 2:
+            grid = grid[..., None]
+        return make_grid(tiles_from_grid(grid, n, k), k)
     if npz.is_file():
         with np.load(npz) as data:
             imgs = data["images"][:k]
         return make_grid(imgs, k)
-    png = rdir / "grid.png"
-    if png.is_file():
-        from PIL import Image
-
-        return np.asarray(Image.open(png).convert("RGB"))
     return None
 
 
 def plot_samples(results: Path, t: ModelTable, k: int, base: Path, files: list[Path]) -> bool:
     rows, cols = len(t.series), len(t.nfes)
-    pics = {(s, n): _cell_pictures(results, t.records[(s, n)], k)
+    pics = {(s, n): cell_pictures(results, t.records[(s, n)], k)
             for s in t.series for n in t.nfes if (s, n) in t.records and t.records[(s, n)].get("status") == "ok"}
     if not any(p is not None for p in pics.values()):
         return False

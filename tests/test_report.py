@@ -145,3 +145,24 @@ def test_report_cli_and_errors(results, tmp_path):
         make_report(tmp_path)
     with pytest.raises(BenchError, match="does not exist"):
         make_report(tmp_path / "nope")
+
+
+def test_sample_tiles_come_from_grid_png_exactly(results):
+    import json
+
+    import numpy as np
+
+    from sampler_bench.report import tiles_from_grid
+
+    for run in sorted((results / "runs").iterdir())[:2]:
+        n = json.loads((run / "run.json").read_text())["num_images"]
+        imgs = np.load(run / "samples.npz")["images"]
+        grid = np.asarray(Image.open(run / "grid.png"))
+        for k in (1, 3, n):
+            assert np.array_equal(tiles_from_grid(grid, n, k), imgs[:k])
+    from sampler_bench.sampling import make_grid
+
+    rng = np.random.default_rng(0)
+    for n, shape in ((7, (5, 6, 3)), (64, (4, 4, 1)), (10, (3, 8, 3))):
+        imgs = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        assert np.array_equal(tiles_from_grid(make_grid(imgs), n, n), imgs)
