@@ -30,6 +30,15 @@ HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "ima
 PAPER_PHIS = ["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"]
 
 
+def default_metric(names: list[str]) -> str:
+    """fid, else a Frechet distance (e.g. the exact pixel-space one), else the first metric, else wall time."""
+    for pick in (lambda m: m == "fid", lambda m: m.startswith("fid"), lambda m: "fd" in m or "frechet" in m, lambda m: True):
+        for m in names:
+            if pick(m):
+                return m
+    return "wall_time_s"
+
+
 def higher_is_better(metric: str) -> bool:
     m = metric.lower()
     return m == "is" or any(m.startswith(p) for p in HIGHER_IS_BETTER)
@@ -210,6 +219,17 @@ def plot_metric(t: ModelTable, metric: str, base: Path, files: list[Path]) -> bo
     return True
 
 
+def _cheap_model(spec: str | None) -> str | None:
+    """The model spec to give ``fie_curve`` for its sigma range: analytic models only (building a
+    checkpoint network just for its sigma range is not worth it; None means the EDM range 0.002..80)."""
+    from sampler_bench.models.registry import MODELS
+
+    if not spec:
+        return None
+    entry = MODELS.get(spec.partition(":")[0])
+    return spec if entry is not None and entry.kind == "analytic" else None
+
+
 def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes: list[str]) -> bool:
     try:
         from sampler_bench.metrics.fie import fie_curve
@@ -217,19 +237,20 @@ def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes
         notes.append("no FIE plot: sampler_bench.metrics.fie is not part of this install.")
         return False
     phis: list[str] = []
-    schedule = None
+    schedule = model = None
     for r in records:
         phi = (r.get("options_resolved") or {}).get("phi")
         if phi is not None and r.get("status") == "ok":
             if str(phi) not in phis:
                 phis.append(str(phi))
-            schedule = schedule or r.get("schedule_resolved")
+            if schedule is None:
+                schedule, model = r.get("schedule_resolved"), _cheap_model(r.get("model_spec"))
     if not phis:
         phis = list(PAPER_PHIS)
         notes.append("FIE plot: no ER-SDE cell (no 'phi' option) in these results; showing the paper's noise-scale functions.")
     nfes = sorted({int(r["nfe"]) for r in records})
     try:
-        curves = fie_curve(phis, nfes, schedule=schedule or "karras")
+        curves = fie_curve(phis, nfes, schedule=schedule or "karras", model=model)
     except (BenchError, ValueError, KeyError) as exc:
         notes.append(f"no FIE plot: {exc}")
         return False
@@ -337,7 +358,7 @@ def make_report(results: str | Path, metric: str | None = None, out: str | Path 
     names = metric_names(ok)
     notes: list[str] = []
     if metric is None:
-        metric = "fid" if "fid" in names else (names[0] if names else "wall_time_s")
+        metric = default_metric(names)
         if not names:
             notes.append("these results hold no metrics (no FID reference and no exact metrics); the table shows wall time.")
     elif metric not in names and metric not in RECORD_NUMBERS:

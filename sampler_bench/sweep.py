@@ -52,13 +52,13 @@ TOP_KEYS = {
     "schedule": "step schedule NAME[:k=v,...], a list of them, or null for each solver's default",
     "class_label": "null, 'random' or a class index",
     "device": "auto, cpu or cuda",
-    "metrics": "mapping {fid, extra, inception_weights}",
+    "metrics": "mapping {fid, names, inception_weights}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule")
-METRIC_KEYS = ("fid", "extra", "inception_weights")
+METRIC_KEYS = ("fid", "names", "inception_weights")
 INVALID_NFE = ("skip", "error")
 
 
@@ -296,6 +296,15 @@ def _opt_str(ctx: _Ctx, key: str, v: Any, what: str) -> str | None:
     return v
 
 
+def _known_metrics() -> list[str] | None:
+    """The metric names the metrics layer accepts (``bench sample --metrics``), when it publishes them."""
+    try:
+        from sampler_bench.metrics import METRIC_NAMES  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return list(METRIC_NAMES)
+
+
 def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     """Read and validate a sweep YAML and expand it into cells. Loads no model."""
     import yaml
@@ -361,11 +370,15 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         if k not in METRIC_KEYS:
             raise ctx.err(f"metrics.{k}", f"unknown key; allowed keys: {', '.join(METRIC_KEYS)}.")
     fid = _opt_str(ctx, "metrics.fid", metrics.get("fid"), "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
-    extra = metrics.get("extra") or []
+    extra = metrics.get("names") or []
     if isinstance(extra, str):
-        extra = [extra]
+        extra = [e.strip() for e in extra.split(",") if e.strip()]
     if not isinstance(extra, list) or not all(isinstance(e, str) and e for e in extra):
-        raise ctx.err("metrics.extra", f"{extra!r} is not valid; use a list of metric names (e.g. [kid, isc]).")
+        raise ctx.err("metrics.names", f"{extra!r} is not valid; use a list of metric names (e.g. [kid, isc]).")
+    known = _known_metrics()
+    for i, e in enumerate(extra):
+        if known is not None and e.lower() not in known:
+            raise ctx.err(f"metrics.names[{i}]", f"unknown metric '{e}'; allowed: {', '.join(known)}.")
     weights = _opt_str(ctx, "metrics.inception_weights", metrics.get("inception_weights"), "a path to the Inception weights file")
     policy = raw.get("on_invalid_nfe", "skip")
     if policy not in INVALID_NFE:

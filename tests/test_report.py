@@ -123,12 +123,12 @@ def test_fie_plot_uses_the_fie_api(results, tmp_path, monkeypatch):
     calls = []
 
     def fie_curve(phis, nfes, schedule="karras", model=None):
-        calls.append((list(phis), list(nfes), schedule))
+        calls.append((list(phis), list(nfes), schedule, model))
         return {p: [1.0 / n * (i + 1) for n in nfes] for i, p in enumerate(phis)}
 
     monkeypatch.setitem(sys.modules, "sampler_bench.metrics.fie", types.SimpleNamespace(fie_curve=fie_curve))
     rep = make_report(results, out=tmp_path / "rep", metric="wall_time_s")
-    assert calls == [(["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"], [3, 4, 9], "karras")]
+    assert calls == [(["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"], [3, 4, 9], "karras", None)]
     assert _is_png(tmp_path / "rep" / "fie_vs_nfe.png") and _is_svg(tmp_path / "rep" / "fie_vs_nfe.svg")
     assert rep.metric == "wall_time_s"
 
@@ -166,3 +166,13 @@ def test_sample_tiles_come_from_grid_png_exactly(results):
     for n, shape in ((7, (5, 6, 3)), (64, (4, 4, 1)), (10, (3, 8, 3))):
         imgs = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
         assert np.array_equal(tiles_from_grid(make_grid(imgs), n, n), imgs)
+
+
+def test_default_metric_and_direction():
+    from sampler_bench.report import default_metric, higher_is_better
+
+    assert default_metric(["isc", "kid", "fid"]) == "fid"
+    assert default_metric(["ode-error", "pixel-fd"]) == "pixel-fd"
+    assert default_metric(["mean_abs"]) == "mean_abs"
+    assert default_metric([]) == "wall_time_s"
+    assert higher_is_better("isc") and higher_is_better("images_per_s") and not higher_is_better("fid")

@@ -56,7 +56,7 @@ def test_grid_expansion(tmp_path):
         nfe: [3, 4]
         seeds: 0-2,10
         batch: 2
-        metrics: {{extra: [kid]}}
+        metrics: {{names: [kid]}}
     """)
     sw = load_sweep(cfg)
     assert sw.name == "grid" and sw.out == Path("results/grid")
@@ -98,7 +98,7 @@ def test_grid_expansion(tmp_path):
     (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nseeds: 0-3\nnum: 4", ["'seeds'", "'num'"]),
     (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nschedule: karas", ["'schedule'", "karras"]),
     (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\non_invalid_nfe: round", ["'on_invalid_nfe'", "skip, error"]),
-    (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nmetrics: {{fdi: x}}", ["'metrics.fdi'", "fid, extra, inception_weights"]),
+    (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nmetrics: {{fdi: x}}", ["'metrics.fdi'", "fid, names, inception_weights"]),
     (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\ndevice: tpu", ["'device'", "auto, cpu or cuda"]),
     (f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nbatchsize: 4", ["'batchsize'", "allowed keys", "batch"]),
     ("models: ['gmm:shape=3x8x8,colour=1']\nsolvers: [euler]\nnfe: [3]", ["'models[0].model'", "parameters"]),
@@ -116,6 +116,15 @@ def test_validation_errors(tmp_path, body, expected):
     for part in expected:
         assert part in msg, msg
     assert "\n" not in msg
+
+
+def test_metric_names_are_checked_against_the_metrics_layer(tmp_path, monkeypatch):
+    import sampler_bench.metrics as metrics
+
+    monkeypatch.setattr(metrics, "METRIC_NAMES", {"kid": "", "isc": ""}, raising=False)
+    cfg = write_cfg(tmp_path, f"models: [{TINY}]\nsolvers: [euler]\nnfe: [3]\nmetrics: {{names: [kid, kdi]}}", "m.yaml")
+    with pytest.raises(BenchError, match=r"m.yaml: key 'metrics.names\[1\]': unknown metric 'kdi'; allowed: kid, isc"):
+        load_sweep(cfg)
 
 
 def test_unregistered_model_validates_but_its_cells_fail(tmp_path):
