@@ -208,6 +208,11 @@ def plot_metric(t: ModelTable, metric: str, base: Path, files: list[Path]) -> bo
         ys_all += [p[1] for p in pts]
     if not ys_all:
         return False
+    floors = [r["metrics"][f"{metric}_floor"] for r in t.records.values()
+              if isinstance((r.get("metrics") or {}).get(f"{metric}_floor"), (int, float))]
+    if floors:  # e.g. pixel_fd_floor: what an exact sampler scores with this many samples
+        ax.axhline(float(np.mean(floors)), color="0.5", linestyle="--", linewidth=1, label=f"{metric}_floor")
+        ys_all.append(float(np.mean(floors)))
     _nfe_axis(ax, t.nfes)
     if min(ys_all) > 0 and max(ys_all) / min(ys_all) >= 10:
         ax.set_yscale("log")
