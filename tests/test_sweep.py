@@ -357,3 +357,19 @@ def test_shipped_configs_validate_with_dry_run(config, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"{len(sw.cells)} cells" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_complete_run_without_its_record_is_picked_up_without_resampling(tmp_path):
+    """A kill between a run directory's rename and its record's write costs nothing on the re-run."""
+    cfg = write_cfg(tmp_path, f"models: [{TINY}]\nsolvers: [euler]\nnfe: [2, 3]\nnum: 2\ndevice: cpu\n")
+    sw = load_sweep(cfg, tmp_path / "o")
+    run_sweep(sw)
+    c = sw.cells[1]
+    run_json = sw.out / "runs" / c.id / "run.json"
+    before = run_json.stat().st_mtime_ns
+    record_path(sw.out, c.id).unlink()
+    counts = run_sweep(sw)
+    assert counts["done_before"] == 1 and counts["ok"] == 1
+    rec = json.loads(record_path(sw.out, c.id).read_text())
+    assert rec["status"] == "ok" and rec["nfe_counted"] == 3 and rec["wall_time_s"] > 0
+    assert run_json.stat().st_mtime_ns == before
