@@ -213,7 +213,7 @@ def model_availability(spec: str) -> str | None:
             state = MODELS[name].status()
         except Exception as exc:  # a status probe must never break a dry-run
             state = f"unknown ({exc})"
-        return None if state == "built in" else f"registered, state: {state}"
+        return None if state == "built in" else f"model '{spec}': registered, state: {state}"
     path = Path(spec)
     if path.is_file():
         if path.suffix.lower() in LOADERS_BY_SUFFIX:
