@@ -542,6 +542,13 @@ class IDDPMGridTime(DiscreteVP):
         self.log_sigmas = torch.log(self.sigmas)
         self.num_steps = int(M)
 
+    def sigma(self, t):
+        """Log-linear between steps; exactly the grid value at integer steps."""
+        t = as_f64(t)
+        out = super().sigma(t)
+        n = t.clamp(0, self.num_steps - 1).round()
+        return torch.where(t == n, self.sigmas.to(t.device)[n.long()], out)
+
 
 class EDMDenoiser(Denoiser):
     """An EDM network as a sigma-space denoiser: it already is one (``D(x; sigma)``), so this only
@@ -582,7 +589,12 @@ class EDMDenoiser(Denoiser):
     def round_sigma(self, sigma):
         s = as_f64(sigma)
         if isinstance(self.net, nets.iDDPMPrecond):
-            return self.net.round_sigma(s.to(self.net.u.device)).to(F64).to(s.device)
+            # nearest non-zero grid point (EDM's own round_sigma also offers u[M] = 0, which would
+            # turn a small positive sigma into 0); sigma = 0 stays 0
+            grid = self.net.u[: self.net.M].to(torch.float32).cpu()
+            idx = (s.to(torch.float32).cpu().reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(1)
+            out = grid[idx].to(F64).reshape(s.shape).to(s.device)
+            return torch.where(s == 0, s, out)
         return s
 
     @torch.no_grad()

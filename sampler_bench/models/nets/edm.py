@@ -534,8 +534,8 @@ class VEPrecond(_Precond):
 
 def iddpm_u_grid(M=1000, C_1=0.001, C_2=0.008, dtype=torch.float32) -> torch.Tensor:
     """u[M] = 0, u[j-1] = sqrt((u[j]^2 + 1) / max(abar(j-1)/abar(j), C_1) - 1), abar(j) = sin^2(pi j / (2 M (1 + C_2)))."""
-    def abar(j):  # evaluated in float32 as EDM does (int tensor * python floats)
-        jt = torch.as_tensor(j, device="cpu")
+    def abar(j):  # in float32 this equals EDM's int-tensor arithmetic
+        jt = torch.as_tensor(j, dtype=dtype, device="cpu")
         return (0.5 * np.pi * jt / M / (C_2 + 1)).sin() ** 2
 
     u = torch.zeros(M + 1, dtype=dtype, device="cpu")
