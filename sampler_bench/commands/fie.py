@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
                                 help="Comma-separated noise-scale functions: ode, sde, ersde1..ersde5."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose sigma range/time map the schedule uses (default: the analytic default's, 0.002..80)."),
         schedule: str = typer.Option("karras", "--schedule", help="Step schedule NAME[:k=v,...] (default karras, rho=7, as the official EDM example)."),
-        agg: str = typer.Option("sum", "--agg", help="How steps combine: sum (default) or max of |FIE_i|, or propagated."),
+        agg: str = typer.Option("sum", "--agg", help="How steps combine: sum (default) or max of |FIE_i|."),
         n_int: int = typer.Option(0, "--n-int", help="0: exact integral; N: the official N-point Riemann sum."),
     ):
         """Compute the ER-SDE FIE coefficient vs NFE (paper Fig. 3a / Fig. 5): table and plot, no model calls."""

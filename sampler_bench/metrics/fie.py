@@ -15,8 +15,7 @@ for ER-SDE-Solver) gets
 
     FIE_total = sum_i |FIE(sigma_i -> sigma_{i+1})|      (``agg="sum"``, the default)
 
-plotted against NFE as in the paper's Fig. 3a / Fig. 5. ``agg="max"`` takes max_i |FIE_i|;
-``agg="propagated"`` weights each step by the damping prod_{k>i} r_k the later steps apply to it.
+plotted against NFE as in the paper's Fig. 3a / Fig. 5; ``agg="max"`` takes max_i |FIE_i|.
 
 Source caveat: the paper's section and figures could not be read for this project (only its
 abstract, figure captions and reviews); the formula above is derived from the exact solution the
@@ -38,7 +37,7 @@ import numpy as np
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers.ersde import PHIS, phi_integrals, resolve_phi
 
-AGGREGATES = ("sum", "max", "propagated")
+AGGREGATES = ("sum", "max")
 DEFAULT_PHIS = ("ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5")
 
 
@@ -65,20 +64,11 @@ def fie_steps(sigmas: Sequence[float], phi: str | Callable = "ode", *, n_int: in
 
 
 def fie_total(sigmas: Sequence[float], phi: str | Callable = "ode", *, agg: str = "sum", n_int: int = 0, eta: float = 0.0) -> float:
-    """Aggregate FIE of a schedule: ``sum`` (default) or ``max`` of |FIE_i|, or ``propagated``."""
+    """Aggregate FIE of a schedule: ``sum`` (default) or ``max`` of |FIE_i|."""
     if agg not in AGGREGATES:
         raise BenchError(f"unknown FIE aggregate '{agg}'; use one of {', '.join(AGGREGATES)}.")
     c = np.abs(fie_steps(sigmas, phi, n_int=n_int, eta=eta))
-    if agg == "sum":
-        return float(c.sum())
-    if agg == "max":
-        return float(c.max())
-    f = _phi(phi, eta)
-    sig = np.asarray([float(v) for v in sigmas], dtype=np.float64)
-    ph = np.where(sig > 0, f(np.where(sig > 0, sig, 1.0)), 0.0)
-    r = ph[1:] / ph[:-1]  # damping of step k
-    tail = np.append(np.cumprod(r[::-1])[::-1][1:], 1.0)  # prod_{k>i} r_k
-    return float((c * tail).sum())
+    return float(c.sum() if agg == "sum" else c.max())
 
 
 class _ScheduleModel:
