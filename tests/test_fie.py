@@ -42,6 +42,7 @@ def test_power_phi_closed_form(p):
 
 def test_ode_smallest_at_low_nfe_and_decreasing():
     curve = fie_curve(PHIS, [5, 10, 20], "karras")
+    assert fie_curve(["ode"], [20, 5])["ode"] == [curve["ode"][2], curve["ode"][0]]  # order as given
     for j in range(3):
         assert all(curve["ode"][j] < curve[p][j] for p in PHIS if p != "ode")
     for p in PHIS:

@@ -122,7 +122,7 @@ def check_phis(phis: Sequence[str]) -> list[str]:
     return phis
 
 
-def check_nfes(nfes: Sequence[int]) -> list[int]:
+def check_nfes(nfes: Sequence[int], sort: bool = True) -> list[int]:
     out = []
     for n in nfes:
         if isinstance(n, float) and not n.is_integer():
@@ -135,14 +135,14 @@ def check_nfes(nfes: Sequence[int]) -> list[int]:
         raise BenchError("no NFE given; use e.g. --nfe 10,20,50,100.")
     if len(set(out)) != len(out):
         raise BenchError(f"the NFE list repeats a value ({','.join(map(str, out))}); give each once.")
-    return sorted(out)
+    return sorted(out) if sort else out
 
 
 def fie_curve(phis: list[str], nfes: list[int], schedule: str = "karras", model=None, *, agg: str = "sum",
               n_int: int = 0) -> dict[str, list[float]]:
-    """FIE_total per phi at each NFE (sorted ascending): ``{phi: [FIE(nfe) for nfe in sorted(nfes)]}``."""
+    """FIE_total per phi at each NFE: ``{phi: [FIE(nfe) for nfe in nfes]}`` (in the order given)."""
     phis = check_phis(phis)
-    nfes = check_nfes(nfes)
+    nfes = check_nfes(nfes, sort=False)
     m = schedule_model(model)
     grids = {n: schedule_sigmas(schedule, n, m) for n in nfes}
     return {p: [fie_total(grids[n], p, agg=agg, n_int=n_int) for n in nfes] for p in phis}
