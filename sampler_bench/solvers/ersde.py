@@ -215,7 +215,7 @@ def step_coefficients(sigmas, phi: PhiFn, order: int, n_int: int = OFFICIAL_N_IN
 
 def ersde(denoise, x, sigmas, *, noise=None, order: int = 3, phi: str | PhiFn = DEFAULT_PHI, n_int: int = OFFICIAL_N_INT,
           eta: float = 0.0, d1: str = "official", trace: list | None = None):
-    """ER-SDE-Solver-1/2/3 (Cui et al., Alg. 1-3 / official ``ve_*_order_taylor``): Taylor steps of the ER SDE solution.
+    """ER-SDE-Solver-1/2/3 (Cui et al. 2023; official ``ve_*_order_taylor``/``vp_*_order_taylor``): Taylor steps of the exact ER SDE solution.
 
     ``sigmas`` may end at sigma = 0 (first-order terminal step, x <- x0) or, from the Python API, at a
     positive sigma (then the last step is a full-order stochastic step, as the official VP code does
