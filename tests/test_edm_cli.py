@@ -194,3 +194,14 @@ def test_pinned_checksum_and_missing_file_offline_or_unreachable(tmp_path, monke
     with pytest.raises(BenchError, match="cannot download .*put the file at"):
         ckpts.ensure_checkpoint(missing)
     assert not missing.path.exists()
+
+
+def test_download_command_lists_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMPLER_BENCH_CACHE", str(tmp_path / "c"))
+    res = invoke("download")
+    assert res.exit_code == 0 and "edm-cifar10-32x32-cond-vp: not downloaded" in res.output
+    res = invoke("download", "edm-cifar10-32x32-cond-vx")
+    assert res.exit_code == 2 and "unknown checkpoint" in res.output
+    monkeypatch.setenv("SAMPLER_BENCH_OFFLINE", "1")
+    res = invoke("download", "edm-cifar10-32x32-cond-vp")
+    assert res.exit_code == 2 and "put edm-cifar10-32x32-cond-vp.pkl" in res.output

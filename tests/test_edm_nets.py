@@ -144,3 +144,15 @@ def test_adapter_labels_dtype_round_sigma_and_time_maps():
     assert float(idd.round_sigma(as_f64(0.002))) == float(idd.net.u[999]) and float(idd.round_sigma(as_f64(0.0))) == 0.0
     assert den.round_sigma(as_f64(0.123456)) == as_f64(0.123456)  # continuous models: identity
     assert EDMDenoiser(make_tiny_network("edm", "adm")).time_map is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 applies on CUDA only")
+def test_use_fp16_runs_in_half_precision_on_cuda():
+    net = make_tiny_network("edm", "adm", label_dim=3, use_fp16=True)
+    den16 = EDMDenoiser(net, device="cuda")
+    den32 = EDMDenoiser(make_tiny_network("edm", "adm", label_dim=3, use_fp16=True), device="cuda", force_fp32=True)
+    assert den16.network_dtype == torch.float16 and den32.network_dtype == torch.float32
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device="cuda")
+    labels = torch.tensor([0, 2], device="cuda")
+    a, b = den16.denoise(x, as_f64(1.0), labels), den32.denoise(x, as_f64(1.0), labels)
+    assert a.dtype == torch.float64 and not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)
