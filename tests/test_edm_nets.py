@@ -28,6 +28,13 @@ PUBLISHED = {
     "edm-imagenet-64x64-cond-adm": (dict(img_resolution=64, label_dim=1000, use_fp16=True, dropout=0.1, **ADM), 295_899_267),
 }
 
+# state-dict entries (parameters + buffers) of the same configurations, checked against NVlabs' classes
+STATE_DICT_ENTRIES = {
+    "edm-cifar10-32x32-cond-vp": 427, "edm-cifar10-32x32-cond-ve": 434, "edm-cifar10-32x32-uncond-vp": 425,
+    "edm-cifar10-32x32-uncond-ve": 432, "edm-ffhq-64x64-uncond-vp": 553, "edm-ffhq-64x64-uncond-ve": 563,
+    "edm-afhqv2-64x64-uncond-vp": 553, "edm-imagenet-64x64-cond-adm": 553,
+}
+
 
 def meta_net(cls, **kw):
     with torch.device("meta"), nets.skip_init():
@@ -39,6 +46,7 @@ def test_parameter_counts_match_published_configs(name):
     kw, expected = PUBLISHED[name]
     net = meta_net(nets.EDMPrecond, **kw)
     assert sum(p.numel() for p in net.parameters()) == expected
+    assert len(net.state_dict()) == STATE_DICT_ENTRIES[name]
 
 
 def test_registry_parameter_counts_agree_with_the_fingerprints():

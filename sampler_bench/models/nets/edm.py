@@ -152,8 +152,7 @@ class GroupNorm(torch.nn.Module):
 
 def _attention_weights(q, k):
     """softmax_k(q . k / sqrt(C)) computed in float32, returned in q's dtype. q, k: (N, C, L)."""
-    scale = 1 / np.sqrt(k.shape[1])
-    logits = torch.einsum("ncq,nck->nqk", q.to(torch.float32), (k * scale).to(torch.float32))
+    logits = torch.einsum("ncq,nck->nqk", q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32))
     return logits.softmax(dim=2).to(q.dtype)
 
 
