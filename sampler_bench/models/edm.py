@@ -402,6 +402,11 @@ def load_edm_network(path: str | Path) -> tuple[torch.nn.Module, dict]:
         net = build_network(data["ema"])
     except _Refused as exc:
         raise _err(path, f"refused {exc}; nothing from the file was run") from None
+    except RecursionError:
+        raise _err(path, "its module tree is nested too deeply; not an EDM network") from None
+    except (TypeError, ValueError, AttributeError, KeyError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _err(path, f"malformed network record ({type(exc).__name__}: {msg})") from None
     info = {"precond": type(net).__name__, "model_type": type(net.model).__name__,
             "init_kwargs": check_init_kwargs(type(net).__name__, data["ema"].init_kwargs),
             "module_src_sha256": data["ema"].module_src_sha256, "sha256": data["__sha256__"]}
