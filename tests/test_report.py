@@ -176,3 +176,9 @@ def test_default_metric_and_direction():
     assert default_metric(["mean_abs"]) == "mean_abs"
     assert default_metric([]) == "wall_time_s"
     assert higher_is_better("isc") and higher_is_better("images_per_s") and not higher_is_better("fid")
+
+
+def test_fie_plot_with_the_real_fie_module(results, tmp_path):
+    rep = make_report(results, out=tmp_path / "rep")
+    assert _is_png(tmp_path / "rep" / "fie_vs_nfe.png") and _is_svg(tmp_path / "rep" / "fie_vs_nfe.svg")
+    assert any("no ER-SDE cell" in n for n in rep.notes)
