@@ -289,22 +289,25 @@ def tiles_from_grid(grid: np.ndarray, n: int, k: int) -> np.ndarray:
     return np.stack(out)
 
 
+def read_grid(png: Path) -> np.ndarray:
+    """A run's grid.png as HWC uint8 (C = 1 for single-channel models)."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        grid = np.asarray(im)
+    return grid[..., None] if grid.ndim == 2 else grid
+
+
 def cell_pictures(results: Path, rec: dict[str, Any], k: int) -> np.ndarray | None:
     """The first ``k`` samples of a cell as one picture, read from its grid.png (cheap even for 50k-image
     runs) or, failing that, from samples.npz."""
-    from PIL import Image
-
     from sampler_bench.sampling import make_grid
 
     rdir = results / rec.get("run_dir", f"runs/{rec['cell']}")
     png, npz = rdir / "grid.png", rdir / "samples.npz"
     n = min(int(rec.get("num_images") or 0), 64)
     if png.is_file() and n:
-        with Image.open(png) as im:
-            grid = np.asarray(im)
-        if grid.ndim == 2:
-            grid = grid[..., None]
-        return make_grid(tiles_from_grid(grid, n, k), k)
+        return make_grid(tiles_from_grid(read_grid(png), n, k), k)
     if npz.is_file():
         with np.load(npz) as data:
             imgs = data["images"][:k]
@@ -330,7 +333,7 @@ def plot_samples(results: Path, t: ModelTable, k: int, base: Path, files: list[P
             pic = pics.get((s, n))
             if pic is not None:
                 ax.imshow(pic[..., 0] if pic.shape[-1] == 1 else pic, cmap="gray" if pic.shape[-1] == 1 else None,
-                          interpolation="nearest")
+                          vmin=0, vmax=255, interpolation="nearest")
             else:
                 v = t.values[s].get(n)
                 ax.text(0.5, 0.5, "failed" if v == "failed" else "n/a" if v == "n/a" else "", ha="center", va="center",

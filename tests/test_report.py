@@ -57,6 +57,8 @@ def results(tmp_path_factory):
         models:
           - model: gmm:classes=2,shape=3x8x8
             label: tiny
+          - model: gaussian:shape=1x4x4
+            label: g4
         solvers: [euler, heun, boom-test]
         nfe: [3, 4, 9]
         num: 4
@@ -82,7 +84,8 @@ def test_report_tables_and_plots(results, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sampler_bench.metrics.fie", None)  # FIE module absent: no plot, a note
     rep = make_report(results, out=tmp_path / "rep")
     assert rep.metric == "mean_abs" and not rep.higher_better
-    (t,) = rep.tables
+    assert [t.model for t in rep.tables] == ["tiny", "g4"]
+    t = rep.tables[0]
     assert t.series == ["euler", "heun", "boom-test"] and t.nfes == [3, 4, 9]
     assert t.values["heun"][4] == "n/a" and t.values["boom-test"][3] == "failed"
     for n in (3, 9):
@@ -92,7 +95,7 @@ def test_report_tables_and_plots(results, tmp_path, monkeypatch):
     for tbl in render_terminal(rep):
         con.print(tbl)
     text = con.export_text()
-    assert "tiny: mean_abs (lower is better" in text
+    assert "tiny: mean_abs (lower is better" in text and "g4: mean_abs" in text
     for word in ("euler", "heun", "boom-test", "failed", "n/a", f"{t.values['euler'][4]:.4g}"):
         assert word in text
     # markdown: the best per column is bold
@@ -103,11 +106,11 @@ def test_report_tables_and_plots(results, tmp_path, monkeypatch):
     with open(tmp_path / "rep" / "mean_abs_table.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["model", "solver", "metric", "3", "4", "9"]
-    assert [r[1] for r in rows[1:]] == ["euler", "heun", "boom-test"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [(m, s) for m in ("tiny", "g4") for s in ("euler", "heun", "boom-test")]
     assert float(rows[1][3]) == pytest.approx(t.values["euler"][3], rel=1e-3)
     # plots
     names = {p.name for p in rep.files}
-    for stem in ("mean_abs_vs_nfe", "samples"):
+    for stem in ("mean_abs_vs_nfe__tiny", "samples__tiny", "mean_abs_vs_nfe__g4", "samples__g4"):
         assert _is_png(tmp_path / "rep" / f"{stem}.png")
         assert _is_svg(tmp_path / "rep" / f"{stem}.svg")
         assert {f"{stem}.png", f"{stem}.svg"} <= names
@@ -152,12 +155,14 @@ def test_sample_tiles_come_from_grid_png_exactly(results):
 
     import numpy as np
 
-    from sampler_bench.report import tiles_from_grid
+    from sampler_bench.report import read_grid, tiles_from_grid
 
-    for run in sorted((results / "runs").iterdir())[:2]:
+    runs = sorted((results / "runs").iterdir())
+    assert {json.loads((r / "run.json").read_text())["num_images"] for r in runs} == {4}
+    for run in runs[:1] + runs[-1:]:  # a 1-channel (g4) and a 3-channel (tiny) model
         n = json.loads((run / "run.json").read_text())["num_images"]
         imgs = np.load(run / "samples.npz")["images"]
-        grid = np.asarray(Image.open(run / "grid.png"))
+        grid = read_grid(run / "grid.png")
         for k in (1, 3, n):
             assert np.array_equal(tiles_from_grid(grid, n, k), imgs[:k])
     from sampler_bench.sampling import make_grid
