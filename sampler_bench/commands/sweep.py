@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
                       f"Results: {sw.out / 'results.csv'}, {sw.out / 'results.md'}", highlight=False)
         if counts["failed"]:
             console.print("failed cells are listed with their reason in results.md; re-running the same command retries them.")
+        console.print(f"tables and plots: bench report {sw.out}", highlight=False)
 
     @app.command("report")
     @user_errors
