@@ -97,7 +97,7 @@ def _step_orders(n_steps: int, order: int) -> list[int]:
 
 
 def tab_coefficients(sigmas, time_map, order: int, quad: str = "riemann", quad_points: int = 10000) -> list[torch.Tensor]:
-    """tAB-DEIS C_ij (paper eq. for tAB-DEIS; official ``get_ab_eps_coef``), in sigma-space units.
+    """tAB-DEIS C_ij (official ``get_ab_eps_coef`` divided by sqrt(abar_{i+1})), in sigma-space units.
 
     ``out[i][j]`` multiplies eps_{i-j}; nodes are t_k = t(sigma_k)."""
     sig = [float(s) for s in as_f64(sigmas).cpu()]
@@ -165,7 +165,7 @@ def _multistep(denoise, x, sigmas, coefs):
 
 
 def deis_tab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_points=10000):
-    """tAB-DEIS (Zhang & Chen 2023, Sec. 4 / official ``get_sampler_t_ab``): eps extrapolated in native time t."""
+    """tAB-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_t_ab``): eps extrapolated in native time t."""
     tm = denoise.time_map
     if tm is None:
         raise BenchError("tAB-DEIS works in the model's native VP time and this model has no time map; use deis-rhoab3 instead.")
@@ -173,12 +173,12 @@ def deis_tab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_po
 
 
 def deis_rhoab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_points=10000):
-    """rhoAB-DEIS (Zhang & Chen 2023, Sec. 4 / official ``get_sampler_rho_ab``): Adams-Bashforth in rho = sigma."""
+    """rhoAB-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_ab``): Adams-Bashforth in rho = sigma."""
     return _multistep(denoise, x, sigmas, rhoab_coefficients(sigmas, order, quad, quad_points))
 
 
 def ipndm(denoise, x, sigmas, *, noise=None):
-    """iPNDM (Zhang & Chen 2023, App.; official ``get_sampler_ipndm``): DDIM step with AB-weighted eps."""
+    """iPNDM (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_ipndm``): DDIM step with AB-weighted eps."""
     return _multistep(denoise, x, sigmas, ipndm_coefficients(sigmas))
 
 
@@ -200,7 +200,7 @@ RK_ORDER = {"euler": 1, "heun": 2, "kutta3": 3, "ral3": 3, "heun3": 3, "vdh3": 3
 
 
 def deis_rhork(denoise, x, sigmas, *, noise=None, method="kutta3"):
-    """rhoRK-DEIS (Zhang & Chen 2023, Sec. 4 / official ``get_sampler_rho_rk``): RK on dx/dsigma = eps."""
+    """rhoRK-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_rk``): RK on dx/dsigma = eps."""
     c, a, b = RK_TABLEAUS[method]
     n = len(sigmas) - 1
     for i in range(n):
