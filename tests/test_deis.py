@@ -26,15 +26,6 @@ RK = [f"deis-rhork-{m}" for m in ("euler", "heun", "kutta3", "ral3", "heun3", "v
 ALL = MULTISTEP + RK
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is ~10x faster than many on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def gauss():
     return Gaussian(shape=(1, 8, 8), rank=4)
