@@ -86,7 +86,7 @@ def test_grid_expansion(tmp_path):
 
 @pytest.mark.parametrize("body, expected", [
     ("solvers: [euler]\nnfe: [3]", ["'models'", "missing"]),
-    (f"models: [{TINY}]\nsolvers: [eulr]\nnfe: [3]", ["'solvers[0].name'", "unknown solver 'eulr'", "euler, ddim, heun, edm"]),
+    (f"models: [{TINY}]\nsolvers: [eulr]\nnfe: [3]", ["'solvers[0].name'", "unknown solver 'eulr'", "allowed: euler, ddim, ", "heun, edm"]),
     (f"models: [{TINY}]\nsolvers: [{{name: ddim, opts: {{eta: [0, 2]}}}}]\nnfe: [3]", ["'solvers[0].opts.eta[1]'", "<= 1.0"]),
     (f"models: [{TINY}]\nsolvers: [{{name: ddim, opts: {{etta: 1}}}}]\nnfe: [3]", ["'solvers[0].opts.etta'", "allowed: eta"]),
     (f"models: [{TINY}]\nsolvers: [{{name: ddim, order: 2}}]\nnfe: [3]", ["'solvers[0].order'", "name, label, opts, nfe, schedule"]),
