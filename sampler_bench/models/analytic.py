@@ -227,7 +227,11 @@ class GaussianMixture(Denoiser):
             comp = labels * self.per_class + torch.randint(self.per_class, (n,), generator=generator, device=dev)
         g = torch.randn(n, self.rank, generator=generator, device=dev, dtype=F64)
         e = torch.randn(n, self.d, generator=generator, device=dev, dtype=F64)
-        x = self.mu[comp] + torch.einsum("bdr,br->bd", self.U[comp], g * self.s[comp].sqrt()) + math.sqrt(self.iso_var) * e
+        x = self.mu[comp] + math.sqrt(self.iso_var) * e
+        coeff = g * self.s[comp].sqrt()  # (n, r)
+        for k in torch.unique(comp).tolist():  # per component: never materialise U[comp] (n x d x r)
+            sel = comp == k
+            x[sel] += coeff[sel] @ self.U[k].T
         out_labels = self.comp_class[comp] if self.num_classes else None
         return x.reshape(n, *self.image_shape), out_labels
 
