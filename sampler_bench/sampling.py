@@ -227,6 +227,8 @@ def check_writable(out: Path) -> None:
         probe = probe.parent
     import os
 
+    if not probe.is_dir():
+        raise BenchError(f"cannot write to '{out}': '{probe}' is a file, not a directory; choose another --out.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BenchError(f"cannot write to '{out}': '{probe}' is not writable; choose another --out.")
 

@@ -1,13 +1,13 @@
 """`bench solvers` and `bench models`: one line per entry."""
 
-
 from __future__ import annotations
-ORDER = 90
 
 import typer
 from rich.table import Table
 
 from sampler_bench.commands import console, user_errors
+
+ORDER = 90  # position among the CLI's commands (cli._register_commands)
 
 
 def register(app: typer.Typer) -> None:

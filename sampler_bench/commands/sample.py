@@ -1,8 +1,6 @@
 """`bench sample`: one sampling run into a run directory."""
 
-
 from __future__ import annotations
-ORDER = 10
 
 from pathlib import Path
 from typing import List, Optional
@@ -13,10 +11,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sampler_bench.commands import console, err_console, user_errors
 from sampler_bench.errors import BenchError
 
+ORDER = 10  # position among the CLI's commands (cli._register_commands)
+
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def parse_opt_args(opt: List[str]) -> dict[str, str]:
+    """``["eta=1", ...]`` -> ``{"eta": "1"}``: checks the form first; values are validated by the solver."""
+    out: dict[str, str] = {}
+    for kv in opt:
+        k, eq, v = kv.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k or not v:
+            raise BenchError(f"--opt '{kv}' is not of the form key=value; write e.g. --opt eta=1 (`bench solvers -v` lists the options).")
+        if k in out:
+            raise BenchError(f"--opt {k} is given twice; give each option once.")
+        out[k] = v
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -46,11 +60,7 @@ def register(app: typer.Typer) -> None:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
-                        opts=dict(kv.split("=", 1) if "=" in kv else (kv, None) for kv in opt) if opt else {},
-                        class_label=class_label, device=device)
-        for kv in opt:
-            if "=" not in kv:
-                raise BenchError(f"--opt '{kv}' is not of the form key=value.")
+                        opts=parse_opt_args(opt), class_label=class_label, device=device)
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         try:
