@@ -63,16 +63,19 @@ def register(app: typer.Typer) -> None:
                         opts=parse_opt_args(opt), class_label=class_label, device=device)
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
+        started = []  # stop (and so print) the bar only once it started: an early error stays one line
         try:
             rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images,
-                             on_start=lambda n: (bar.start(), bar.start_task(task)),
+                             on_start=lambda n: (bar.start(), bar.start_task(task), started.append(True)),
                              on_progress=lambda k: bar.advance(task, k))
         finally:
-            bar.stop()
+            if started:
+                bar.stop()
         if rec.get("skipped"):
-            console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.")
+            console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:
             console.print(f"wrote {rec['num_images']} samples to {out} "
-                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})")
+                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
+                          soft_wrap=True)
         for k, v in (rec.get("metrics") or {}).items():
             console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
