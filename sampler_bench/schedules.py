@@ -130,7 +130,7 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
         try:
             params[k] = allowed[k][0](v)
         except ValueError:
-            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number.") from None
+            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number; write e.g. --schedule {name}:{k}=NUMBER.") from None
     return name, params
 
 

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
 
         if seeds is not None and num is not None:
-            raise BenchError("give either --seeds or --num, not both.")
+            raise BenchError("--seeds and --num were both given; give only one.")
         if num is not None and num < 1:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
