@@ -223,9 +223,14 @@ def test_gaussian_moments_and_means_are_pictures():
     assert float(dx.abs().mean()) < 0.25 * float((img - img.mean()).abs().mean())
 
 
-def test_bad_shape_is_a_user_error():
-    with pytest.raises(BenchError, match="shape"):
-        GaussianMixture(shape=(3, 0, 4))
+@pytest.mark.parametrize("kw,match", [
+    ({"shape": (3, 0, 4)}, "shape=3x32x32"), ({"shape": (3, 4)}, "shape"), ({"rank": 0}, "rank=0"),
+    ({"per_class": 0}, "per_class=0"), ({"num_classes": -1}, "classes=-1"), ({"iso_var": 0.0}, "iso_var=0.0"),
+    ({"scale": -1.0}, "scale"), ({"sigma_min": 5.0, "sigma_max": 1.0}, "0 < sigma_min < sigma_max"),
+])
+def test_bad_parameters_are_user_errors(kw, match):
+    with pytest.raises(BenchError, match=match):
+        GaussianMixture(**kw)
 
 
 # ------------------------------------------------------------------------------------------------
