@@ -272,3 +272,25 @@ def test_option_types():
         i.parse("s", "order", 2.5)
     with pytest.raises(BenchError, match="not valid"):
         i.parse("s", "order", "2.5")
+
+
+def test_overhead_benchmark_script_runs_every_solver(tmp_path, capsys):
+    """scripts/bench_overhead.py (a benchmark, not a timed test): smoke run on a tiny state."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
+    mod_spec = importlib.util.spec_from_file_location("bench_overhead", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    mod.main(["--batch", "2", "--shape", "1x4x4", "--steps", "3", "--repeats", "1", "--json", str(tmp_path / "o.json")])
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    ran = {r["solver"] for r in rows}
+    skipped = {ln.split()[0] for ln in capsys.readouterr().out.splitlines() if " skipped: " in ln}
+    assert ran | skipped == set(REGISTRY) and {"euler", "ddim", "heun", "edm"} <= ran
+    for r in rows:
+        spec = REGISTRY[r["solver"]]
+        assert r["nfe"] == spec.nfe(r["steps"], parse_opts(spec, r["opts"]))
+        assert r["total_s"] >= r["denoiser_s"] + r["noise_s"] > 0
+    assert any(r["stochastic"] and r["noise_s"] > 0 for r in rows if r["solver"] == "ddim")
