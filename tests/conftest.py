@@ -1,7 +1,7 @@
-"""Test-suite wide settings.
+"""Shared test settings.
 
-The tests use small tensors, where torch's intra-op thread pool only adds overhead; on a loaded
-machine (CI runners, shared cores) its spinning threads make each tiny op tens of times slower.
+Tiny tensors dominate the suite; torch's default intra-op threading makes them much slower on a
+loaded 2-core machine, so tests run single-threaded (this does not change any result).
 """
 
 import torch
