@@ -254,3 +254,22 @@ def test_module_entry_point_error_exit_code(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: unknown solver 'nope'") and "\n" not in p.stderr.strip()
     assert snapshot(tmp_path) == []
+
+
+def test_every_command_has_complete_help():
+    """`--help` on every registered command (other modules' too): a description and help for every parameter."""
+    import typer
+
+    def walk(cmd, path):
+        yield path, cmd
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            yield from walk(sub, path + [name])
+
+    commands = list(walk(typer.main.get_command(app), []))
+    assert {"sample", "solvers", "models"} <= {p[0] for p, _ in commands if p}
+    for path, cmd in commands:
+        assert cmd.help, f"`bench {' '.join(path)}` has no description"
+        undocumented = [p.name for p in cmd.params if p.name != "help" and not getattr(p, "help", None)]
+        assert not undocumented, f"`bench {' '.join(path)}`: no help for {undocumented}"
+        res = bench(*path, "--help")
+        assert res.exit_code == 0 and "Usage: bench" in res.stdout, (path, res.output)
