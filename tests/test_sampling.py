@@ -230,3 +230,14 @@ def test_plan_errors():
         plan_run(cfg(model="gmm:colour=3"))
     with pytest.raises(BenchError, match="rank='x' is not valid"):
         plan_run(cfg(model="gmm:rank=x"))
+
+
+def test_identity_canonicalises_solver_options():
+    from sampler_bench.sampling import RunConfig
+
+    a = RunConfig(solver="ddim", opts={"eta": "1"}).identity()
+    b = RunConfig(solver="ddim", opts={"eta": 1.0}).identity()
+    c = RunConfig(solver="ddim", opts={"eta": "0.5"}).identity()
+    assert a == b
+    assert a != c
+    assert a["opts"] == {"eta": 1.0}
