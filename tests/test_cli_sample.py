@@ -185,7 +185,7 @@ def test_sample_writes_a_run(tmp_path):
     assert res.exit_code == 0, res.output
     assert re.search(r"wrote 4 samples to .*demo \(NFE counted 6, .* 6 steps, schedule time-uniform\)", res.stdout)
     rec = json.loads((out / "run.json").read_text())
-    assert rec["config"]["seeds"] == [0, 1, 2, 7] and rec["config"]["opts"] == {"eta": "1"}
+    assert rec["config"]["seeds"] == [0, 1, 2, 7] and rec["config"]["opts"] == {"eta": 1.0}
     assert rec["resolved"]["options"] == {"eta": 1.0} and rec["resolved"]["stochastic"] is True
     assert snapshot(out / "images") == ["000000.png", "000001.png", "000002.png", "000007.png"]
     assert snapshot(tmp_path) == ["demo"]
