@@ -62,6 +62,7 @@ class Report:
     metric: str
     higher_better: bool
     tables: list[ModelTable]
+    records: list[dict[str, Any]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -373,11 +374,20 @@ def make_report(results: str | Path, metric: str | None = None, out: str | Path 
         raise BenchError(f"metric '{metric}' is not in these results; available: {', '.join(names + list(RECORD_NUMBERS))}.")
     out = Path(out) if out is not None else results / "report"
     higher = higher_is_better(metric)
-    rep = Report(results, out, metric, higher, build_tables(records, metric, higher), notes=notes)
+    rep = Report(results, out, metric, higher, build_tables(records, metric, higher), records, notes=notes)
     try:
         write_results(results)  # re-aggregate (e.g. after shards wrote their cells)
     except OSError:
         notes.append(f"could not refresh {results / 'results.csv'} (not writable); tables below are from the records.")
+    try:
+        _write_outputs(rep, results, samples_per_cell)
+    except OSError as exc:
+        raise BenchError(f"cannot write the report into '{out}': {exc.strerror or exc}; choose another --out.") from None
+    return rep
+
+
+def _write_outputs(rep: Report, results: Path, samples_per_cell: int) -> None:
+    out, metric, notes = rep.out, rep.metric, rep.notes
     mslug = _slug(metric)
     write_text(out / f"{mslug}_table.md", table_markdown(rep))
     write_text(out / f"{mslug}_table.csv", table_csv(rep))
@@ -389,5 +399,4 @@ def make_report(results: str | Path, metric: str | None = None, out: str | Path 
             notes.append(f"{t.model}: no finite {metric} value to plot.")
         if not plot_samples(results, t, samples_per_cell, out / f"samples{suffix}", rep.files):
             notes.append(f"{t.model}: no sample pictures found (runs/<cell>/samples.npz).")
-    plot_fie(records, out / "fie_vs_nfe", rep.files, notes)
-    return rep
+    plot_fie(rep.records, out / "fie_vs_nfe", rep.files, notes)

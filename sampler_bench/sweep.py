@@ -674,7 +674,10 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
 
     hooks = hooks or SweepHooks()
     check_consistent(sweep)
-    write_manifest(sweep)
+    try:
+        write_manifest(sweep)
+    except OSError as exc:
+        raise BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.") from None
     mine = sweep.shard(shard)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
     todo = []

@@ -144,6 +144,10 @@ def test_report_cli_and_errors(results, tmp_path):
     assert (tmp_path / "r" / "images_per_s_table.md").is_file()
     res = runner.invoke(app, ["report", str(results), "--metric", "fdi"])
     assert res.exit_code == 2 and "metric 'fdi' is not in these results; available: mean_abs" in " ".join(res.output.split())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BenchError, match="cannot write the report"):
+        make_report(results, out=blocker / "sub")
     with pytest.raises(BenchError, match="not a sweep results directory"):
         make_report(tmp_path)
     with pytest.raises(BenchError, match="does not exist"):

@@ -335,6 +335,9 @@ def test_results_of_another_config_are_refused(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     runner = CliRunner()
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, ["sweep", str(ROOT / "configs" / "ci.yaml"), "--out", str(tmp_path / "file" / "o")])
+    assert res.exit_code == 2 and "cannot write into the output directory" in " ".join(res.output.split())
     res = runner.invoke(app, ["sweep", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["sweep", str(ROOT / "configs" / "ci.yaml"), "--shard", "3/2", "--dry-run"])
