@@ -36,8 +36,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+        fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
+        inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
+        from sampler_bench.metrics import parse_metrics
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
 
         if seeds is not None and num is not None:
@@ -47,7 +51,8 @@ def register(app: typer.Typer) -> None:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
                         opts=dict(kv.split("=", 1) if "=" in kv else (kv, None) for kv in opt) if opt else {},
-                        class_label=class_label, device=device)
+                        class_label=class_label, device=device, fid_ref=fid, inception_weights=inception_weights,
+                        metrics=parse_metrics(metrics))
         for kv in opt:
             if "=" not in kv:
                 raise BenchError(f"--opt '{kv}' is not of the form key=value.")
@@ -65,4 +70,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {rec['num_images']} samples to {out} "
                           f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})")
         for k, v in (rec.get("metrics") or {}).items():
+            if k == "warnings":
+                for w in v:
+                    err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+                continue
             console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
