@@ -61,8 +61,8 @@ def test_low_rank_paths_equal_dense():
     A, B = rng.normal(size=(12, d)), rng.normal(size=(20, d))
     S2 = _rand_spd(rng, d)
     dense = trace_sqrt_product(A.T @ A, S2)
-    assert trace_sqrt_product(LowRankCov(A), S2) == pytest.approx(dense, rel=1e-9)
-    assert trace_sqrt_product(S2, LowRankCov(A)) == pytest.approx(dense, rel=1e-9)
+    assert trace_sqrt_product(LowRankCov(A), S2) == pytest.approx(dense, rel=1e-7)
+    assert trace_sqrt_product(S2, LowRankCov(A)) == pytest.approx(dense, rel=1e-7)
     both = trace_sqrt_product(A.T @ A, B.T @ B)
     assert trace_sqrt_product(LowRankCov(A), LowRankCov(B)) == pytest.approx(both, rel=1e-7)  # dense path: sqrt of ~0 eigenvalues
 

@@ -137,7 +137,7 @@ class InceptionExtractor:
 
     def features(self, images) -> tuple[torch.Tensor, torch.Tensor]:
         """``images``: uint8 (B,H,W,3) NHWC (numpy or torch), as saved. Returns (pool3, logits) on CPU."""
-        x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, copy=True))
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise BenchError(f"images must be uint8 N x H x W x 3; got {tuple(x.shape)} {x.dtype}.")
         feats, logits = [], []
