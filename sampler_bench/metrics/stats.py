@@ -3,8 +3,9 @@
 The Frechet distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982; FID, Heusel et al.
 2017, eq. 6) is ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. We never form the matrix
 square root: ``tr((S1 S2)^(1/2))`` is the sum of the square roots of the eigenvalues of ``S1 S2``,
-which are those of the symmetric PSD matrix ``R S2 R`` with ``R = S1^(1/2)`` (computed by ``eigh``),
-so the eigenvalues are real and are clipped at 0 before the square root. When a covariance comes
+which are those of the symmetric PSD matrix ``L^T S2 L`` with ``S1 = L L^T`` (Cholesky; if neither
+side is positive definite, ``R S2 R`` with ``R = S1^(1/2)`` from ``eigh``), so the eigenvalues are
+real and are clipped at 0 before the square root. When a covariance comes
 from fewer rows than dimensions it is kept as a factor ``S = A^T A`` (A: m x d, m <= d) and the
 trace is taken from the m x m matrix ``A S2 A^T`` (same non-zero eigenvalues), or, when both sides
 are factors, from the singular values of ``A1 A2^T``. All of these are exact, not approximations.
@@ -61,6 +62,16 @@ def trace_sqrt_product(S1, S2, sqrt_S1: np.ndarray | None = None) -> float:
         M = S1.A @ S2 @ S1.A.T
         ev = np.linalg.eigvalsh((M + M.T) / 2)
         return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+    if sqrt_S1 is None:
+        # S1 = L L^T (Cholesky) makes S1 S2 similar to the symmetric L^T S2 L: one eigvalsh, no eigh.
+        for A, B in ((S1, S2), (S2, S1)):
+            try:
+                L = np.linalg.cholesky((A + A.T) / 2)
+            except np.linalg.LinAlgError:
+                continue  # singular (e.g. fewer rows than dimensions): try the other side, then eigh
+            M = L.T @ B @ L
+            ev = np.linalg.eigvalsh((M + M.T) / 2)
+            return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
     R = _psd_sqrt(S1) if sqrt_S1 is None else sqrt_S1
     M = R @ S2 @ R
     ev = np.linalg.eigvalsh((M + M.T) / 2)
