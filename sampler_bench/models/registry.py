@@ -112,3 +112,11 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Denoiser:
     close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise BenchError(f"unknown model '{spec}'; {hint}run `bench models` to list them, or pass a checkpoint path.")
+
+
+def _register_checkpoint_formats() -> None:
+    """Checkpoint formats and known checkpoints register themselves (``.pkl`` EDM pickles, checkpoints/*.yaml)."""
+    import sampler_bench.models.checkpoints  # noqa: F401
+
+
+_register_checkpoint_formats()

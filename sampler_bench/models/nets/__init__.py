@@ -1,0 +1,1 @@
+"""Our own network code (clean-room re-implementations that load the original state-dict keys)."""
