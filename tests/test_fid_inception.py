@@ -51,7 +51,7 @@ def test_stats_file_records_extractor_and_count(world):
 
 def test_same_fid_from_run_dir_png_folder_npz_and_on_the_fly(world):
     on_the_fly = world["rec"]["metrics"]["fid"]
-    assert on_the_fly > 0 and world["rec"]["metrics"]["fid_num_images"] == N
+    assert on_the_fly > 0 and world["rec"]["metrics"]["fid_num_images"] == N and world["rec"]["metrics"]["fid_weights"] == "explicit"
     assert "pixel_fd" not in world["rec"]["metrics"]  # --metrics none
     assert any("only 6 images" in w for w in world["rec"]["metrics"]["warnings"])
     npz = world["tmp"] / "copy.npz"

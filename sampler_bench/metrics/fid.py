@@ -104,4 +104,4 @@ class FIDConsumer:
         self.acc.update(imgs)
 
     def result(self) -> dict[str, Any]:
-        return self.acc.result(self.ref)
+        return {**self.acc.result(self.ref), "fid_weights": self.acc.extractor.weights_source}
