@@ -37,7 +37,18 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _exit_on_signal(signum, _frame):
+    """SIGTERM/SIGHUP (``kill``, ``timeout``, a closed terminal, a scheduler) unwind like Ctrl-C, so
+    ``finally`` blocks run and no temporary run directory is left behind."""
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _exit_on_signal)
     try:
         app()
     except BenchError as exc:  # raised outside a command body (commands handle their own)

@@ -75,7 +75,22 @@ class RunConfig:
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
+        d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d
+
+
+def canonical_opts(solver: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The user's solver options parsed to their types (keys as given, defaults not added)."""
+    from sampler_bench.solvers import REGISTRY
+
+    spec = REGISTRY.get(solver)
+    if spec is None:
+        return dict(opts)
+    try:
+        parsed = parse_opts(spec, opts)
+    except BenchError:
+        return dict(opts)  # invalid options are reported by plan_run
+    return {k: parsed[k] for k in opts}
 
 
 class SeededNoise:
@@ -227,6 +242,8 @@ def check_writable(out: Path) -> None:
         probe = probe.parent
     import os
 
+    if not probe.is_dir():
+        raise BenchError(f"cannot write to '{out}': '{probe}' is a file, not a directory; choose another --out.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BenchError(f"cannot write to '{out}': '{probe}' is not writable; choose another --out.")
 

@@ -134,7 +134,8 @@ def time_poly(n, model, *, order=2.0, sigma_min=None, sigma_max=None, **grid):
 def discrete_uniform(n, model, *, sigma_min=None, sigma_max=None):
     tm = model.time_map
     if tm is None or not tm.discrete:
-        raise BenchError("schedule 'discrete-uniform' needs a discrete-time model (guided-diffusion, DDPM); use --schedule time-uniform.")
+        other = "time-uniform" if tm is not None else "karras or logsnr"
+        raise BenchError(f"schedule 'discrete-uniform' needs a discrete-time model (guided-diffusion, DDPM); use --schedule {other}.")
     ts = np.linspace(0, tm.num_steps, n + 1, endpoint=False).astype(np.int64)[::-1][:-1].copy()
     return torch.cat([tm.sigmas[torch.from_numpy(ts)], torch.zeros(1, dtype=F64)])
 
@@ -155,7 +156,7 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
         try:
             params[k] = allowed[k][0](v)
         except ValueError:
-            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number.") from None
+            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number; write e.g. --schedule {name}:{k}=NUMBER.") from None
     return name, params
 
 

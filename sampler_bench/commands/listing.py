@@ -1,13 +1,22 @@
 """`bench solvers` and `bench models`: one line per entry."""
 
-
 from __future__ import annotations
-ORDER = 90
 
 import typer
 from rich.table import Table
 
 from sampler_bench.commands import console, user_errors
+
+ORDER = 90  # position among the CLI's commands (cli._register_commands)
+
+
+def _print_unwrapped(table: Table) -> None:
+    """Print ``table`` with one line per row: rich would wrap cells at the terminal width (80 when piped)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update(width=100_000), table).maximum
+    (console if need <= console.width else Console(width=need)).print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +35,7 @@ def register(app: typer.Typer) -> None:
             if verbose and s.options:
                 desc += "\n  " + "\n  ".join(f"{k}={o.default!r}: {o.help}" for k, o in s.options.items())
             table.add_row(s.name, s.nfe_rule, kind, s.default_schedule, desc)
-        console.print(table)
+        _print_unwrapped(table)
 
     @app.command("models")
     @user_errors
@@ -39,6 +48,6 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, overflow="fold")
         for m in MODELS.values():
             table.add_row(m.name, m.kind, m.status(), m.summary)
-        console.print(table)
+        _print_unwrapped(table)
         if LOADERS_BY_SUFFIX:
             console.print(f"Any checkpoint path also works: {', '.join(sorted(LOADERS_BY_SUFFIX))}")

@@ -1,8 +1,6 @@
 """`bench sample`: one sampling run into a run directory."""
 
-
 from __future__ import annotations
-ORDER = 10
 
 from pathlib import Path
 from typing import List, Optional
@@ -13,10 +11,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sampler_bench.commands import console, err_console, user_errors
 from sampler_bench.errors import BenchError
 
+ORDER = 10  # position among the CLI's commands (cli._register_commands)
+
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def parse_opt_args(opt: List[str]) -> dict[str, str]:
+    """``["eta=1", ...]`` -> ``{"eta": "1"}``: checks the form first; values are validated by the solver."""
+    out: dict[str, str] = {}
+    for kv in opt:
+        k, eq, v = kv.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k or not v:
+            raise BenchError(f"--opt '{kv}' is not of the form key=value; write e.g. --opt eta=1 (`bench solvers -v` lists the options).")
+        if k in out:
+            raise BenchError(f"--opt {k} is given twice; give each option once.")
+        out[k] = v
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -45,30 +59,29 @@ def register(app: typer.Typer) -> None:
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
 
         if seeds is not None and num is not None:
-            raise BenchError("give either --seeds or --num, not both.")
+            raise BenchError("--seeds and --num were both given; give only one.")
         if num is not None and num < 1:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
-                        opts=dict(kv.split("=", 1) if "=" in kv else (kv, None) for kv in opt) if opt else {},
-                        class_label=class_label, device=device, fid_ref=fid, inception_weights=inception_weights,
-                        metrics=parse_metrics(metrics))
-        for kv in opt:
-            if "=" not in kv:
-                raise BenchError(f"--opt '{kv}' is not of the form key=value.")
+                        opts=parse_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
+        started = []  # stop (and so print) the bar only once it started: an early error stays one line
         try:
             rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images,
-                             on_start=lambda n: (bar.start(), bar.start_task(task)),
+                             on_start=lambda n: (bar.start(), bar.start_task(task), started.append(True)),
                              on_progress=lambda k: bar.advance(task, k))
         finally:
-            bar.stop()
+            if started:
+                bar.stop()
         if rec.get("skipped"):
-            console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.")
+            console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:
             console.print(f"wrote {rec['num_images']} samples to {out} "
-                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})")
+                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
+                          soft_wrap=True)
         for k, v in (rec.get("metrics") or {}).items():
             if k == "warnings":
                 for w in v:

@@ -106,7 +106,15 @@ class GaussianMixture(Denoiser):
     def __init__(self, name="gmm", num_classes=10, per_class=2, shape=(3, 32, 32), rank=8,
                  iso_var=4e-4, scale=0.12, seed=0, sigma_min=0.002, sigma_max=80.0):
         if len(shape) != 3 or min(shape) < 1:
-            raise BenchError(f"analytic model shape {shape} is invalid; use C,H,W such as 3,32,32.")
+            raise BenchError(f"analytic model shape {tuple(shape)} is invalid; use C x H x W such as shape=3x32x32.")
+        for key, val, ok, want in (("classes", num_classes, num_classes >= 0, "an integer >= 0 (0: unconditional)"),
+                                   ("per_class", per_class, per_class >= 1, "an integer >= 1"),
+                                   ("rank", rank, rank >= 1, "an integer >= 1"),
+                                   ("iso_var", iso_var, iso_var > 0, "a number > 0"),
+                                   ("scale", scale, scale >= 0, "a number >= 0"),
+                                   ("sigma_min", sigma_min, 0 < sigma_min < sigma_max, "0 < sigma_min < sigma_max")):
+            if not ok:
+                raise BenchError(f"analytic model parameter {key}={val} is invalid; use {want}.")
         self.name = name
         self.image_shape = tuple(int(v) for v in shape)
         self.num_classes = int(num_classes)
@@ -227,7 +235,11 @@ class GaussianMixture(Denoiser):
             comp = labels * self.per_class + torch.randint(self.per_class, (n,), generator=generator, device=dev)
         g = torch.randn(n, self.rank, generator=generator, device=dev, dtype=F64)
         e = torch.randn(n, self.d, generator=generator, device=dev, dtype=F64)
-        x = self.mu[comp] + torch.einsum("bdr,br->bd", self.U[comp], g * self.s[comp].sqrt()) + math.sqrt(self.iso_var) * e
+        x = self.mu[comp] + math.sqrt(self.iso_var) * e
+        coeff = g * self.s[comp].sqrt()  # (n, r)
+        for k in torch.unique(comp).tolist():  # per component: never materialise U[comp] (n x d x r)
+            sel = comp == k
+            x[sel] += coeff[sel] @ self.U[k].T
         out_labels = self.comp_class[comp] if self.num_classes else None
         return x.reshape(n, *self.image_shape), out_labels
 

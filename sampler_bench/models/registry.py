@@ -89,7 +89,8 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
         try:
             params[k] = allowed[k](v)
         except ValueError:
-            raise BenchError(f"model '{name}': {k}={v!r} is not valid.") from None
+            hint = "C x H x W such as 3x32x32" if k == "shape" else {int: "an integer", float: "a number"}.get(allowed[k], "a value")
+            raise BenchError(f"model '{name}': {k}={v!r} is not valid; give {hint}.") from None
     return name, params
 
 
