@@ -271,6 +271,7 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     n, (c, h, w) = len(cfg.seeds), plan.model.image_shape
     t0 = time.perf_counter()
     calls: list[int] = []
+    metrics_time = 0.0  # consumer (metric) time, kept out of the sampling wall time
     try:
         with atomic_dir(out, overwrite=True) as tmp:
             images = np.lib.format.open_memmap(tmp / "images.npy.tmp", mode="w+", dtype=np.uint8, shape=(n, h, w, c))
@@ -286,11 +287,13 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
                 if save_images:
                     for j, seed in enumerate(batch.seeds):
                         write_png(tmp / "images" / f"{seed:06d}.png", images[i + j])
+                t_m = time.perf_counter()
                 for cons in consumers:
                     cons.update(batch)
+                metrics_time += time.perf_counter() - t_m
                 calls.append(ncalls)
                 i += b
-            wall = time.perf_counter() - t0
+            wall = time.perf_counter() - t0 - metrics_time
             images.flush()
             arrays = {"images": images, "seeds": np.asarray(cfg.seeds, np.int64)}
             if (labels >= 0).any():
@@ -300,8 +303,10 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
             (tmp / "images.npy.tmp").unlink()
             write_png(tmp / "grid.png", make_grid(np.load(tmp / "samples.npz")["images"]))
             metrics: dict[str, Any] = {}
+            t_m = time.perf_counter()
             for cons in consumers:
                 metrics.update(cons.result())
+            metrics_time += time.perf_counter() - t_m
             record = {
                 "config": cfg.identity(),
                 "resolved": {
@@ -325,6 +330,7 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
             if metrics:
                 write_json(tmp / "metrics.json", metrics)
                 record["metrics"] = metrics
+                record["metrics_time_s"] = round(metrics_time, 4)
             write_json(tmp / "run.json", record)
     except OSError as exc:
         raise BenchError(f"cannot write the run directory '{out}': {exc.strerror or exc}; choose another --out.") from None

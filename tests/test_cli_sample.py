@@ -118,7 +118,7 @@ def test_out_dir_that_is_not_a_run(tmp_path):
     # --overwrite replaces it
     res = sample(out, "--overwrite")
     assert res.exit_code == 0, res.output
-    assert sorted(snapshot(out)) == ["grid.png", "run.json", "samples.npz"]
+    assert sorted(snapshot(out)) == ["grid.png", "metrics.json", "run.json", "samples.npz"]  # exact metrics: analytic default
     assert snapshot(tmp_path) == ["file.npz", "mine"]
 
 

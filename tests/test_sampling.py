@@ -122,7 +122,7 @@ def test_class_label_fixes_the_class(tmp_path):
 def test_run_directory_contents(tmp_path):
     out = tmp_path / "run"
     rec = run_sample(cfg(nfe=7, seeds=[0, 1, 2], batch=2, class_label="random"), out, save_images=True)
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "run.json", "samples.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "metrics.json", "run.json", "samples.npz"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
     d = load(out)
     assert d["images"].dtype == np.uint8 and d["images"].shape == (3, 8, 8, 3)

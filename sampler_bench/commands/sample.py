@@ -50,8 +50,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+        fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
+        inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
+        from sampler_bench.metrics import parse_metrics
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
 
         if seeds is not None and num is not None:
@@ -60,7 +64,8 @@ def register(app: typer.Typer) -> None:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
-                        opts=parse_opt_args(opt), class_label=class_label, device=device)
+                        opts=parse_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
@@ -78,4 +83,8 @@ def register(app: typer.Typer) -> None:
                           f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
                           soft_wrap=True)
         for k, v in (rec.get("metrics") or {}).items():
+            if k == "warnings":
+                for w in v:
+                    err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+                continue
             console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")

@@ -29,6 +29,64 @@ class BatchConsumer(Protocol):
     def result(self) -> dict[str, Any]: ...
 
 
+METRIC_NAMES = {
+    "kid": "Kernel Inception Distance (with --fid; the reference needs `bench stats --keep-features`)",
+    "isc": "Inception Score (with --fid)",
+    "pixel-fd": "exact: Frechet distance to the data distribution in pixel space (analytic models; default)",
+    "ode-error": "exact: RMS error against the exact PF-ODE solution (analytic models, deterministic solvers; default)",
+    "none": "no exact metrics",
+}
+
+
+def parse_metrics(text: str | list[str] | None) -> list[str]:
+    """``"kid,isc"`` -> ["kid", "isc"], validated against :data:`METRIC_NAMES`."""
+    from sampler_bench.errors import BenchError
+
+    if not text:
+        return []
+    parts = text if isinstance(text, list) else [text]
+    names = [m.strip().lower() for p in parts for m in str(p).split(",") if m.strip()]
+    for m in names:
+        if m not in METRIC_NAMES:
+            raise BenchError(f"unknown metric '{m}'; choose from {', '.join(METRIC_NAMES)} (comma-separated).")
+    if "none" in names and len(names) > 1 and any(m in ("pixel-fd", "ode-error") for m in names):
+        raise BenchError("--metrics none cannot be combined with pixel-fd or ode-error.")
+    return list(dict.fromkeys(names))
+
+
 def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
-    """The metric consumers a run asks for (none yet at this layer)."""
-    return []
+    """The metric consumers a run asks for, built (weights and reference resolved) before sampling.
+
+    - ``cfg.fid_ref``: FID on the fly (+ ``kid``/``isc`` from ``cfg.metrics``);
+    - analytic models: ``pixel-fd`` and (deterministic solvers) ``ode-error`` by default; an explicit
+      ``cfg.metrics`` naming either selects exactly those, ``none`` turns them off.
+    """
+    from sampler_bench.errors import BenchError
+
+    metrics = parse_metrics(cfg.metrics)
+    consumers: list[BatchConsumer] = []
+    inception = [m for m in metrics if m in ("kid", "isc")]
+    if inception and not cfg.fid_ref:
+        raise BenchError(f"--metrics {','.join(inception)} needs Inception features; add --fid REF.")
+    if cfg.fid_ref:
+        from sampler_bench.metrics.fid import FIDConsumer, check_inception_metrics
+        from sampler_bench.metrics.inception import get_extractor
+        from sampler_bench.metrics.refs import load_ref
+
+        ref = load_ref(cfg.fid_ref, want_features="kid" in metrics)
+        check_inception_metrics(inception, ref)
+        ext = get_extractor(cfg.inception_weights, device=cfg.device, batch_size=max(1, min(cfg.batch, 256)))
+        consumers.append(FIDConsumer(ref, ext, inception))
+    from sampler_bench.metrics.exact import ExactMetricsConsumer, fixed_label_of, is_analytic
+
+    exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
+    if exact and not is_analytic(model):
+        raise BenchError(f"--metrics {','.join(exact)} needs an analytic model (gmm, gaussian); model '{cfg.model}' has no exact data distribution.")
+    stochastic = spec.is_stochastic(opts)
+    if "ode-error" in exact and stochastic:
+        raise BenchError(f"--metrics ode-error needs a deterministic solver; '{spec.name}' with these options is stochastic (its samples do not follow the ODE).")
+    if is_analytic(model) and "none" not in metrics:
+        want_fd = "pixel-fd" in exact or not exact
+        want_ode = ("ode-error" in exact or not exact) and not stochastic
+        consumers.append(ExactMetricsConsumer(model, sigmas, fixed_label=fixed_label_of(cfg), want_fd=want_fd, want_ode=want_ode))
+    return consumers
