@@ -414,10 +414,15 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                         if cid in seen:
                             raise ctx.err(f"solvers[{si}]", f"cell '{cid}' ({where}) duplicates {seen[cid]}; remove the repeat or give it a different label.")
                         seen[cid] = where
+                        # ode-error applies to deterministic solvers only: a grid-wide metric list
+                        # leaves it out of stochastic cells instead of failing them
+                        cell_metrics = [e for e in extra if not (e == "ode-error" and spec.is_stochastic(spec_opts(spec, opts)))]
+                        if extra and not cell_metrics:
+                            cell_metrics = ["none"]  # asked for ode-error only: no exact metric applies
                         cfg = RunConfig(model=m["model"], solver=s["name"], nfe=nfe, seeds=list(seeds),
                                         batch=m.get("batch", batch), schedule=sched, opts=dict(opts),
                                         class_label=m.get("class_label", class_label), device=device,
-                                        fid_ref=m.get("fid", fid), metrics=list(extra), inception_weights=weights)
+                                        fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights)
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts))

@@ -80,3 +80,49 @@ def test_pixel_fd_of_exact_samples_is_at_the_floor_and_class_target(tmp_path):
     assert pixel_fd(m, c3, 3) < pixel_fd(m, c3, 5) / 3
     rec = _run(tmp_path, "c3", solver="heun", nfe=19, class_label="3", metrics=["pixel-fd"])["metrics"]
     assert rec["pixel_fd_target"] == "class 3" and "ode_rms_error" not in rec and math.isfinite(rec["pixel_fd"])
+
+
+def test_reference_solutions_are_cached_across_runs(monkeypatch):
+    """Cells of a sweep share latents: the second consumer reuses the first one's reference solve."""
+    import sampler_bench.metrics.exact as exact
+    from sampler_bench.metrics import SampleBatch
+
+    m = load_model(SMALL_GMM)
+    z = _z(3, seed=5)
+    batch = SampleBatch(seeds=[7, 8, 9], labels=None, z=z, x=torch.zeros_like(z),
+                        images=torch.zeros(3, 8, 8, 3, dtype=torch.uint8))
+    exact._REF_CACHE.clear()
+    calls = []
+    real = exact.reference_ode_solve
+    monkeypatch.setattr(exact, "reference_ode_solve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sig = torch.tensor([80.0, 1.0, 0.0], dtype=torch.float64)
+    first = exact.ExactMetricsConsumer(m, sig, fixed_label=None, want_fd=False, want_ode=True)
+    first.update(batch)
+    second = exact.ExactMetricsConsumer(m, sig, fixed_label=None, want_fd=False, want_ode=True)
+    second.update(batch)
+    assert len(calls) == 1
+    assert first.result()["ode_rms_error"] == second.result()["ode_rms_error"] > 0
+    # a different start sigma is a different reference
+    third = exact.ExactMetricsConsumer(m, torch.tensor([40.0, 0.0], dtype=torch.float64),
+                                       fixed_label=None, want_fd=False, want_ode=True)
+    third.update(batch)
+    assert len(calls) == 2
+
+
+def test_floor_is_an_average_over_draws_with_its_spread():
+    from sampler_bench.metrics.exact import floor_draws
+
+    m = load_model(SMALL_GMM)
+    n = 40
+    singles = [pixel_fd(m, data_floor_stats(m, n, None, seed=12345 + k), None) for k in range(floor_draws(n))]
+    cfg = RunConfig(model=SMALL_GMM, solver="heun", nfe=35, seeds=list(range(n)), metrics=["pixel-fd"])
+    assert floor_draws(n) == 8 and floor_draws(50_000) == 1
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        rec = run_sample(cfg, f"{d}/run")
+    met = rec["metrics"]
+    assert met["pixel_fd_floor"] == pytest.approx(sum(singles) / len(singles), rel=1e-12)
+    assert met["pixel_fd_floor_std"] > 0
+    # the draws really differ (a single fixed draw would make the spread meaningless)
+    assert max(singles) - min(singles) > 0

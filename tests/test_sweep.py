@@ -381,3 +381,41 @@ def test_a_complete_run_without_its_record_is_picked_up_without_resampling(tmp_p
     rec = json.loads(record_path(sw.out, c.id).read_text())
     assert rec["status"] == "ok" and rec["nfe_counted"] == 3 and rec["wall_time_s"] > 0
     assert run_json.stat().st_mtime_ns == before
+
+
+def test_ode_error_is_left_out_of_stochastic_cells(tmp_path):
+    """A grid-wide `ode-error` applies to deterministic cells; stochastic cells run without it."""
+    cfg = write_cfg(tmp_path, f"""
+        name: odeerr
+        out: {tmp_path / 'out'}
+        models: [{TINY}]
+        solvers:
+          - euler
+          - name: ddim
+            opts: {{eta: [0, 1]}}
+        nfe: [4]
+        seeds: 0-3
+        metrics: {{names: [pixel-fd, ode-error]}}
+    """)
+    sw = load_sweep(cfg)
+    by_id = {c.id: c for c in sw.cells}
+    assert [c.cfg.metrics for c in sw.cells if c.solver == "euler"] == [["pixel-fd", "ode-error"]]
+    stoch = [c for c in sw.cells if c.options.get("eta") == 1]
+    det = [c for c in sw.cells if c.options.get("eta") == 0]
+    assert stoch[0].cfg.metrics == ["pixel-fd"] and det[0].cfg.metrics == ["pixel-fd", "ode-error"]
+    counts = run_sweep(sw)
+    assert counts.get("failed", 0) == 0, counts
+    recs = {r["cell"]: r for r in load_records(sw.out)[1]}
+    assert "ode_rms_error" in recs[det[0].id]["metrics"]
+    assert "ode_rms_error" not in recs[stoch[0].id]["metrics"] and "pixel_fd" in recs[stoch[0].id]["metrics"]
+    assert len(by_id) == 3
+    # asking for ode-error alone leaves a stochastic cell with no exact metric at all
+    only = write_cfg(tmp_path, f"""
+        name: odeonly
+        models: [{TINY}]
+        solvers: [{{name: ddim, opts: {{eta: 1}}}}]
+        nfe: [4]
+        seeds: 0-1
+        metrics: {{names: [ode-error]}}
+    """, name="only.yaml")
+    assert load_sweep(only).cells[0].cfg.metrics == ["none"]
