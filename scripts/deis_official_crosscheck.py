@@ -1,11 +1,9 @@
 """Cross-check our DEIS solvers against the official implementation (qsh-zh/deis, ``th_deis``).
 
 Not part of the test suite: it needs JAX and a checkout of the official repository, neither of which
-the project ships. Usage (JAX in a separate directory, the project's venv untouched):
-
-    pip install --target /tmp/jaxlib "jax[cpu]"          # or any environment with jax + torch
-    git clone https://github.com/qsh-zh/deis /tmp/deis-official
-    PYTHONPATH=.:/tmp/jaxlib python scripts/deis_official_crosscheck.py --deis-repo /tmp/deis-official
+the project ships. Point ``--deis-repo`` at your own checkout of the official repository and put an
+environment with JAX on ``PYTHONPATH`` (keep the project's venv untouched), e.g.
+``PYTHONPATH=.:<jax-env> python scripts/deis_official_crosscheck.py --deis-repo <checkout>``.
 
 Both run on the exact Gaussian (eps from its exact denoiser), on the official grid (``get_rev_ts``,
 "t" phase, order 2, t0 = 1e-3, T = 1; iPNDM order 1) and to the official end point t0 (our solvers
