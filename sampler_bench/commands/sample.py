@@ -19,20 +19,6 @@ def progress_bar() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
-def parse_opt_args(opt: List[str]) -> dict[str, str]:
-    """``["eta=1", ...]`` -> ``{"eta": "1"}``: checks the form first; values are validated by the solver."""
-    out: dict[str, str] = {}
-    for kv in opt:
-        k, eq, v = kv.partition("=")
-        k, v = k.strip(), v.strip()
-        if not eq or not k or not v:
-            raise BenchError(f"--opt '{kv}' is not of the form key=value; write e.g. --opt eta=1 (`bench solvers -v` lists the options).")
-        if k in out:
-            raise BenchError(f"--opt {k} is given twice; give each option once.")
-        out[k] = v
-    return out
-
-
 def register(app: typer.Typer) -> None:
     @app.command("sample")
     @user_errors
@@ -57,6 +43,7 @@ def register(app: typer.Typer) -> None:
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.metrics import parse_metrics
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
+        from sampler_bench.solvers import split_opt_args
 
         if seeds is not None and num is not None:
             raise BenchError("--seeds and --num were both given; give only one.")
@@ -64,7 +51,7 @@ def register(app: typer.Typer) -> None:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
-                        opts=parse_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
+                        opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics))
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)

@@ -110,19 +110,28 @@ def get_solver(name: str) -> SolverSpec:
     raise BenchError(f"unknown solver '{name}'; {hint}run `bench solvers` to list the {len(REGISTRY)} available.")
 
 
+def split_opt_args(args: Iterable[str], example: str = "key") -> dict[str, str]:
+    """``["eta=1", ...]`` -> ``{"eta": "1"}``: checks the form (and no repeats); values stay text."""
+    out: dict[str, str] = {}
+    for kv in args:
+        k, eq, v = kv.partition("=")
+        k, v = k.strip(), v.strip()
+        if not eq or not k or not v:
+            raise BenchError(f"option '{kv}' is not of the form key=value; write e.g. --opt {example}=VALUE (`bench solvers -v` lists the options).")
+        if k in out:
+            raise BenchError(f"option {k} is given twice; give each option once.")
+        out[k] = v
+    return out
+
+
 def parse_opts(spec: SolverSpec, raw: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate user options (``["k=v", ...]`` or a mapping) and fill in defaults."""
-    items: list[tuple[str, Any]] = []
     if raw is None:
-        pass
+        items: list[tuple[str, Any]] = []
     elif isinstance(raw, Mapping):
         items = list(raw.items())
     else:
-        for kv in raw:
-            if "=" not in kv:
-                raise BenchError(f"option '{kv}' is not of the form key=value; write e.g. --opt {next(iter(spec.options), 'key')}=VALUE.")
-            k, v = kv.split("=", 1)
-            items.append((k.strip(), v.strip()))
+        items = list(split_opt_args(raw, next(iter(spec.options), "key")).items())
     out = {k: o.default for k, o in spec.options.items()}
     for k, v in items:
         if k not in spec.options:
