@@ -61,9 +61,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_bytes(path, buf.getvalue())
+    """Stream an uncompressed .npz to a temporary file (numpy writes it in chunks, so a memmapped
+    array is never loaded whole) and rename it onto ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_png(path: str | os.PathLike, image_hwc: np.ndarray) -> None:

@@ -299,9 +299,9 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
             if (labels >= 0).any():
                 arrays["labels"] = labels
             write_npz(tmp / "samples.npz", **arrays)
+            write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
             del images, arrays
             (tmp / "images.npy.tmp").unlink()
-            write_png(tmp / "grid.png", make_grid(np.load(tmp / "samples.npz")["images"]))
             metrics: dict[str, Any] = {}
             t_m = time.perf_counter()
             for cons in consumers:
