@@ -33,6 +33,7 @@ import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.models.base import F64, as_f64
+from sampler_bench.params import parse_params
 
 
 @dataclass(frozen=True)
@@ -147,16 +148,9 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
     if name not in SCHEDULES:
         raise BenchError(f"unknown schedule '{name}'; use one of: {', '.join(SCHEDULES)}.")
     spec = SCHEDULES[name]
-    params: dict[str, Any] = {}
-    allowed = dict(spec.params, sigma_min=(float, None), sigma_max=(float, None))
-    for kv in filter(None, (s.strip() for s in rest.split(","))):
-        k, eq, v = kv.partition("=")
-        if not eq or k not in allowed:
-            raise BenchError(f"schedule '{name}' takes parameters {', '.join(allowed)} as key=value; got '{kv}'.")
-        try:
-            params[k] = allowed[k][0](v)
-        except ValueError:
-            raise BenchError(f"schedule '{name}': {k}={v!r} is not a number; write e.g. --schedule {name}:{k}=NUMBER.") from None
+    allowed = {k: typ for k, (typ, _default) in dict(spec.params, sigma_min=(float, None), sigma_max=(float, None)).items()}
+    params = parse_params(rest, allowed, f"schedule '{name}'",
+                          lambda k, v: f"schedule '{name}': {k}={v!r} is not a number; write e.g. --schedule {name}:{k}=NUMBER.")
     return name, params
 
 

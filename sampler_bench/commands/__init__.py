@@ -29,3 +29,13 @@ def user_errors(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def print_metrics(metrics: dict) -> None:
+    """One line per metric on stdout; the ``warnings`` entry goes to stderr as warnings."""
+    for k, v in metrics.items():
+        if k == "warnings":
+            continue
+        console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
+    for w in metrics.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)

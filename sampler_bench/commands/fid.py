@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, user_errors
+from sampler_bench.commands import console, err_console, print_metrics, user_errors
 from sampler_bench.errors import BenchError
 
 
@@ -44,15 +44,6 @@ def merge_run_metrics(run_dir: Path, new: dict) -> dict:
             rec["metrics"] = {**(rec.get("metrics") or {}), **new}
             write_json(run_json, rec)
     return cur
-
-
-def _print_metrics(metrics: dict) -> None:
-    for k, v in metrics.items():
-        if k == "warnings":
-            continue
-        console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
-    for w in metrics.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -98,7 +89,7 @@ def register(app: typer.Typer) -> None:
             console.print_json(json.dumps(result))
         else:
             console.print(f"FID {result['fid']:.4f}  ({src.description} vs {refstats.label})")
-            _print_metrics({k: v for k, v in result.items() if k != "fid"})
+            print_metrics({k: v for k, v in result.items() if k != "fid"})
             if src.run_dir is not None:
                 console.print(f"wrote {src.run_dir / 'metrics.json'}")
 

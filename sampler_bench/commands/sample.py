@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sampler_bench.commands import console, err_console, user_errors
+from sampler_bench.commands import console, err_console, print_metrics, user_errors
 from sampler_bench.errors import BenchError
 
 ORDER = 10  # position among the CLI's commands (cli._register_commands)
@@ -69,9 +69,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {rec['num_images']} samples to {out} "
                           f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
                           soft_wrap=True)
-        for k, v in (rec.get("metrics") or {}).items():
-            if k == "warnings":
-                for w in v:
-                    err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-                continue
-            console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
+        print_metrics(rec.get("metrics") or {})

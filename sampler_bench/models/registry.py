@@ -16,6 +16,7 @@ import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.models.base import Denoiser
+from sampler_bench.params import parse_params
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,13 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     entry = MODELS.get(name)
     if entry is None:
         return name, {}
-    params: dict[str, Any] = {}
     allowed = entry.params or {}
-    for kv in filter(None, (s.strip() for s in rest.split(","))) if rest else []:
-        k, eq, v = kv.partition("=")
-        if not eq or k not in allowed:
-            raise BenchError(f"model '{name}' takes parameters {', '.join(allowed) or 'none'} as key=value; got '{kv}'.")
-        try:
-            params[k] = allowed[k](v)
-        except ValueError:
-            hint = "C x H x W such as 3x32x32" if k == "shape" else {int: "an integer", float: "a number"}.get(allowed[k], "a value")
-            raise BenchError(f"model '{name}': {k}={v!r} is not valid; give {hint}.") from None
+
+    def bad_value(k: str, v: str) -> str:
+        hint = "C x H x W such as 3x32x32" if k == "shape" else {int: "an integer", float: "a number"}.get(allowed[k], "a value")
+        return f"model '{name}': {k}={v!r} is not valid; give {hint}."
+
+    params = parse_params(rest, allowed, f"model '{name}'", bad_value)
     return name, params
 
 
