@@ -23,7 +23,8 @@ import numpy as np
 
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import atomic_path, write_text
-from sampler_bench.sweep import _slug, load_records, metric_names, write_results
+from sampler_bench.sweep.config import _slug
+from sampler_bench.sweep.store import load_records, metric_names, write_results
 
 RECORD_NUMBERS = ("wall_time_s", "images_per_s")
 HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "images_per_s")
@@ -302,7 +303,7 @@ def read_grid(png: Path) -> np.ndarray:
 def cell_pictures(results: Path, rec: dict[str, Any], k: int) -> np.ndarray | None:
     """The first ``k`` samples of a cell as one picture, read from its grid.png (cheap even for 50k-image
     runs) or, failing that, from samples.npz."""
-    from sampler_bench.sampling import make_grid
+    from sampler_bench.images import make_grid
 
     rdir = results / rec.get("run_dir", f"runs/{rec['cell']}")
     png, npz = rdir / "grid.png", rdir / "samples.npz"

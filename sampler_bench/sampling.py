@@ -24,6 +24,7 @@ import torch
 from sampler_bench import __version__
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import atomic_dir, write_json, write_npz, write_png
+from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
@@ -101,25 +102,6 @@ class SeededNoise:
 
     def __call__(self, *_sigmas) -> torch.Tensor:
         return torch.stack([torch.randn(self.shape, generator=g, device=self.device, dtype=F64) for g in self.generators])
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """(B,C,H,W) float in [-1,1] -> (B,H,W,C) uint8, EDM's convention."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-def make_grid(images: np.ndarray, max_images: int = 64) -> np.ndarray:
-    """NHWC uint8 -> one HWC picture, up to ``max_images`` tiles, as square as possible."""
-    imgs = images[:max_images]
-    n, h, w, c = imgs.shape
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    pad = 2
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    for i, im in enumerate(imgs):
-        r, q = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = im
-    return grid
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sampler_bench.cli import app
 from sampler_bench.errors import BenchError
 from sampler_bench.models import checkpoints as ckpts
-from sampler_bench.models.registry import MODELS, load_model
+from sampler_bench.models.registry import MODELS, edm_checkpoint_entry, load_model
 from sampler_bench.solvers import all_solvers
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ def test_download_resumes_records_and_verifies_checksum(tmp_path, monkeypatch, s
     monkeypatch.delenv("SAMPLER_BENCH_OFFLINE", raising=False)
     ck = ckpts.Checkpoint(name="tiny-ck", url=f"http://127.0.0.1:{srv.server_address[1]}/edm/tiny-ck.pkl",
                           format="edm-pkl", file="tiny-ck.pkl", resolution=8, classes=3)
-    monkeypatch.setitem(MODELS, ck.name, ckpts.register_checkpoint(ck))
+    monkeypatch.setitem(MODELS, ck.name, edm_checkpoint_entry(ck))
     assert ckpts.cache_state(ck) == "not downloaded"
     ck.path.parent.mkdir(parents=True)
     ck.part_path.write_bytes(payload[:1000])  # an interrupted earlier download

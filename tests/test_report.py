@@ -169,7 +169,7 @@ def test_sample_tiles_come_from_grid_png_exactly(results):
         grid = read_grid(run / "grid.png")
         for k in (1, 3, n):
             assert np.array_equal(tiles_from_grid(grid, n, k), imgs[:k])
-    from sampler_bench.sampling import make_grid
+    from sampler_bench.images import make_grid
 
     rng = np.random.default_rng(0)
     for n, shape in ((7, (5, 6, 3)), (64, (4, 4, 1)), (10, (3, 8, 3))):

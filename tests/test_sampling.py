@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sampler_bench.errors import BenchError
-from sampler_bench.sampling import RunConfig, generate, make_grid, parse_seeds, plan_run, quantize, run_sample
+from sampler_bench.images import make_grid, quantize
+from sampler_bench.sampling import RunConfig, generate, parse_seeds, plan_run, run_sample
 
 SMALL = "gmm:shape=3x8x8,rank=4"
 

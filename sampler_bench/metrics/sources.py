@@ -185,7 +185,7 @@ def model_data_source(spec: str, num: int | None, seed: int = 0, class_label: in
     import torch
 
     from sampler_bench.models.registry import load_model
-    from sampler_bench.sampling import quantize
+    from sampler_bench.images import quantize
 
     if num is None or num < 1:
         raise BenchError(f"source '{spec}' draws exact data samples: give their number with --num N (e.g. --num 10000).")

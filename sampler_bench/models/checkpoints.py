@@ -22,10 +22,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
-import torch
 
 from sampler_bench.errors import BenchError
-from sampler_bench.models.registry import LOADERS_BY_SUFFIX, ModelEntry, register_model
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 CHUNK = 1 << 20
@@ -216,41 +214,4 @@ def cache_state(ck: Checkpoint) -> str:
     return "not downloaded"
 
 
-# ---------------------------------------------------------------------------------------------
-# Registration
-# ---------------------------------------------------------------------------------------------
-
-
-def _bool(text: str) -> bool:
-    if str(text).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(text).lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-def build_checkpoint(ck: Checkpoint, device: torch.device, fp32: bool = False):
-    from sampler_bench.models.edm import load_edm_denoiser
-
-    path, digest = ensure_checkpoint(ck)
-    return load_edm_denoiser(path, device, name=ck.name, force_fp32=fp32,
-                             extra_info={"checkpoint": ck.name, "sha256": digest})
-
-
-def register_checkpoint(ck: Checkpoint) -> ModelEntry:
-    return register_model(ModelEntry(
-        name=ck.name, summary=ck.summary(), kind="edm",
-        build=lambda device, _ck=ck, **kw: build_checkpoint(_ck, device, **kw),
-        params={"fp32": _bool}, status=lambda _ck=ck: cache_state(_ck)))
-
-
-def _load_pkl(path: Path, device: torch.device):
-    from sampler_bench.models.edm import load_edm_denoiser
-
-    return load_edm_denoiser(path, device)
-
-
-LOADERS_BY_SUFFIX[".pkl"] = _load_pkl
 KNOWN: dict[str, Checkpoint] = load_registry()
-for _ck in KNOWN.values():
-    register_checkpoint(_ck)

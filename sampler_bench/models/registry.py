@@ -112,9 +112,51 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Denoiser:
     raise BenchError(f"unknown model '{spec}'; {hint}run `bench models` to list them, or pass a checkpoint path.")
 
 
-def _register_checkpoint_formats() -> None:
-    """Checkpoint formats and known checkpoints register themselves (``.pkl`` EDM pickles, checkpoints/*.yaml)."""
-    import sampler_bench.models.checkpoints  # noqa: F401
+# ---------------------------------------------------------------------------------------------
+# Checkpoint families. The cache (models/checkpoints.py) knows files and checksums only; the
+# registry knows families and their loaders, so the dependency is one-way: registry -> cache.
+# ---------------------------------------------------------------------------------------------
 
 
-_register_checkpoint_formats()
+def _bool(text: str) -> bool:
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _build_edm_checkpoint(ck, device: torch.device, fp32: bool = False) -> Denoiser:
+    from sampler_bench.models.checkpoints import ensure_checkpoint
+    from sampler_bench.models.edm import load_edm_denoiser
+
+    path, digest = ensure_checkpoint(ck)
+    return load_edm_denoiser(path, device, name=ck.name, force_fp32=fp32,
+                             extra_info={"checkpoint": ck.name, "sha256": digest})
+
+
+def _load_edm_pkl(path: Path, device: torch.device) -> Denoiser:
+    from sampler_bench.models.edm import load_edm_denoiser
+
+    return load_edm_denoiser(path, device)
+
+
+def _register_edm_family() -> None:
+    """EDM pickles: the ``.pkl`` suffix and every ``format: edm-pkl`` entry of ``checkpoints/*.yaml``."""
+    from sampler_bench.models.checkpoints import KNOWN
+
+    LOADERS_BY_SUFFIX[".pkl"] = _load_edm_pkl
+    for ck in KNOWN.values():
+        register_model(edm_checkpoint_entry(ck))
+
+
+def edm_checkpoint_entry(ck) -> ModelEntry:
+    """The model entry of one cached EDM checkpoint (a :class:`~sampler_bench.models.checkpoints.Checkpoint`)."""
+    from sampler_bench.models.checkpoints import cache_state
+
+    return ModelEntry(name=ck.name, summary=ck.summary(), kind="edm",
+                      build=lambda device, _ck=ck, **kw: _build_edm_checkpoint(_ck, device, **kw),
+                      params={"fp32": _bool}, status=lambda _ck=ck: cache_state(_ck))
+
+
+_register_edm_family()

@@ -1,0 +1,109 @@
+"""Running a sweep: the cells of a shard that are not finished, one record each, resumable."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sampler_bench.errors import BenchError
+from sampler_bench.fileio import write_json
+from sampler_bench.sweep.config import Cell, Sweep
+from sampler_bench.sweep.store import (_fail_record, _ok_record, _skip_record, cell_status, read_record, record_path,
+                                       run_dir, write_manifest, write_results)
+
+
+@dataclass
+class SweepHooks:
+    """Callbacks for the CLI's progress display (all optional)."""
+
+    cell_start: Callable[[Cell, int, int], None] | None = None  # cell, position, number of cells to run
+    samples_start: Callable[[int], None] | None = None
+    samples_progress: Callable[[int], None] | None = None
+    cell_end: Callable[[Cell, dict[str, Any]], None] | None = None
+
+
+def check_consistent(sweep: Sweep) -> None:
+    """Refuse to mix results: a record under a cell's id with a different config is an error."""
+    for c in sweep.cells:
+        rec = read_record(sweep.out, c.id)
+        if rec is not None and "config" in rec and rec["config"] != c.cfg.identity():
+            diff = sorted(k for k in set(rec["config"]) | set(c.cfg.identity()) if rec["config"].get(k) != c.cfg.identity().get(k))
+            raise BenchError(f"'{sweep.out}' holds results of a different config for cell '{c.id}' (differs in: {', '.join(diff)}); use another --out or delete that directory.")
+
+
+def _remove_leftovers(out: Path, cell_id: str) -> None:
+    """Remove the temporary files of a cell left by a process killed with SIGKILL (or a power cut).
+
+    Only the cells about to run are cleaned, so shards running side by side never touch each other's
+    work in progress.
+    """
+    import shutil
+
+    for pattern, where in ((f".{cell_id}.*.tmp", "runs"), (f".{cell_id}.*.old", "runs"), (f".{cell_id}.json.*.tmp", "cells")):
+        for p in (Path(out) / where).glob(pattern) if (Path(out) / where).is_dir() else []:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHooks | None = None) -> dict[str, int]:
+    """Run the cells of ``shard`` (all by default) that are not finished; return counts by outcome."""
+    from sampler_bench.models.registry import load_model, resolve_device
+    from sampler_bench.sampling import existing_run_matches, run_sample
+
+    hooks = hooks or SweepHooks()
+    check_consistent(sweep)
+    try:
+        write_manifest(sweep)
+    except OSError as exc:
+        raise BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.") from None
+    mine = sweep.shard(shard)
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
+    todo = []
+    for c in mine:
+        st = cell_status(sweep.out, c)
+        if st == "skipped":
+            if read_record(sweep.out, c.id) is None:
+                write_json(record_path(sweep.out, c.id), _skip_record(sweep, c))
+            counts["skipped"] += 1
+        elif st == "ok":
+            counts["done_before"] += 1
+        else:
+            todo.append(c)
+    for c in todo:
+        _remove_leftovers(sweep.out, c.id)
+    write_results(sweep.out)
+    model_cache: dict[tuple[str, str], Any] = {}
+    for pos, c in enumerate(todo):
+        if hooks.cell_start:
+            hooks.cell_start(c, pos, len(todo))
+        rdir = run_dir(sweep.out, c.id)
+        try:
+            model = None
+            if not existing_run_matches(rdir, c.cfg):
+                key = (c.cfg.model, c.cfg.device)
+                if key not in model_cache:
+                    model_cache.clear()  # one model in memory at a time (cells are model-major)
+                    try:
+                        model_cache[key] = load_model(c.cfg.model, resolve_device(c.cfg.device))
+                    except BenchError as exc:
+                        model_cache[key] = exc
+                model = model_cache[key]
+                if isinstance(model, BenchError):
+                    raise model
+            rec = run_sample(c.cfg, rdir, save_images=sweep.save_images, model=model,
+                             on_start=hooks.samples_start, on_progress=hooks.samples_progress)
+            record = _ok_record(sweep, c, rec)
+        except BenchError as exc:
+            record = _fail_record(sweep, c, str(exc))
+        except Exception as exc:  # any solver / model error fails this cell only
+            record = _fail_record(sweep, c, f"{type(exc).__name__}: {' '.join(str(exc).split())}", traceback.format_exc())
+        write_json(record_path(sweep.out, c.id), record)
+        counts[record["status"]] += 1
+        write_results(sweep.out)
+        if hooks.cell_end:
+            hooks.cell_end(c, record)
+    return counts
