@@ -40,6 +40,12 @@ _register_commands()
 def _exit_on_signal(signum, _frame):
     """SIGTERM/SIGHUP (``kill``, ``timeout``, a closed terminal, a scheduler) unwind like Ctrl-C, so
     ``finally`` blocks run and no temporary run directory is left behind."""
+    from sampler_bench import distributed
+
+    rank, world, _ = distributed.env_world()
+    if world > 1 and rank == 0:
+        sys.stderr.write(f"error: stopped by signal {signum}: under torchrun this usually means another rank failed "
+                         "(see torchrun's summary); nothing half-written was left behind.\n")
     sys.exit(128 + signum)
 
 
@@ -49,11 +55,16 @@ def main() -> None:
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             signal.signal(sig, _exit_on_signal)
+    from sampler_bench import distributed
+
     try:
         app()
     except BenchError as exc:  # raised outside a command body (commands handle their own)
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        if distributed.is_main_process():
+            typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(exc.exit_code)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

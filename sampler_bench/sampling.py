@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sampler_bench import __version__
+from sampler_bench import __version__, distributed
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import atomic_dir, write_json, write_npz, write_png
 from sampler_bench.images import make_grid, quantize
@@ -119,7 +121,7 @@ class Plan:
     label_mode: str | int | None
 
 
-def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
+def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
     if cfg.nfe < 1:
         raise BenchError(f"--nfe must be a positive integer; got {cfg.nfe}.")
     if cfg.batch < 1:
@@ -127,6 +129,8 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
     if not cfg.seeds:
         raise BenchError("no seeds given; use --seeds 0-63 or --num 64.")
     device = resolve_device(cfg.device)
+    if dist is not None:
+        device = distributed.local_device(device, dist)
     spec = get_solver(cfg.solver)
     opts = parse_opts(spec, cfg.opts)
     steps = steps_for_nfe(spec, cfg.nfe, opts)
@@ -158,30 +162,36 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 
-def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | None = None):
-    """Yield one :class:`SampleBatch` per batch of ``seeds`` and the denoiser calls it took."""
+def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleBatch, int]:
+    """Sample one batch of seeds (``start``: the position of its first seed in the run); return the
+    :class:`SampleBatch` and the denoiser calls it took."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
+    gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
+    z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
+    if plan.label_mode == "random":
+        labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
+    elif plan.label_mode is None:
+        labels = None
+    else:
+        labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
+    bound = BoundDenoiser(model, labels)
+    with torch.inference_mode(not getattr(model, "needs_grad", False)):
+        x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
+                       noise=SeededNoise(gens, shape, dev), opts=plan.opts)
+    if not bool(torch.isfinite(x).all()):
+        raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
+    batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
+    return batch, bound.calls
+
+
+def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | None = None):
+    """Yield one :class:`SampleBatch` per batch of ``seeds`` and the denoiser calls it took."""
     for start in range(0, len(seeds), plan.cfg.batch):
-        bseeds = seeds[start: start + plan.cfg.batch]
-        gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
-        z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
-        if plan.label_mode == "random":
-            labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
-        elif plan.label_mode is None:
-            labels = None
-        else:
-            labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
-        bound = BoundDenoiser(model, labels)
-        with torch.inference_mode(not getattr(model, "needs_grad", False)):
-            x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                           noise=SeededNoise(gens, shape, dev), opts=plan.opts)
-        if not bool(torch.isfinite(x).all()):
-            raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
-        batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu())
+        batch, calls = sample_batch(plan, seeds[start: start + plan.cfg.batch], start)
         if on_progress:
-            on_progress(len(bseeds))
-        yield batch, bound.calls
+            on_progress(len(batch.seeds))
+        yield batch, calls
 
 
 def versions() -> dict[str, str]:
@@ -246,22 +256,84 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
         rec["skipped"] = True
         return rec
     check_writable(out)
-    plan = plan_run(cfg, model)
+    dist = distributed.current(cfg.device)
+    plan = plan_run(cfg, model, dist)
     consumers = build_consumers(cfg, plan.model, plan.spec, plan.opts, plan.sigmas)
+    if dist.enabled:
+        unsupported = [type(c).__name__ for c in consumers if not hasattr(c, "merge")]
+        if unsupported:
+            raise BenchError(f"metric consumer(s) {', '.join(unsupported)} cannot be combined across processes yet; run without torchrun or without those metrics.")
     if on_start:
         on_start(len(cfg.seeds))
-    n, (c, h, w) = len(cfg.seeds), plan.model.image_shape
     t0 = time.perf_counter()
-    calls: list[int] = []
-    metrics_time = 0.0  # consumer (metric) time, kept out of the sampling wall time
     try:
+        with shared_atomic_dir(out, dist) as tmp:
+            record, _metrics_time = _sample_into(plan, consumers, tmp, dist, save_images, on_progress, t0)
+    except OSError as exc:
+        raise BenchError(f"cannot write the run directory '{out}': {exc.strerror or exc}; choose another --out.") from None
+    return record
+
+
+@contextlib.contextmanager
+def shared_atomic_dir(out: Path, dist):
+    """:func:`fileio.atomic_dir` made by rank 0 and shared with every rank (one process: the same)."""
+    if not dist.enabled:
         with atomic_dir(out, overwrite=True) as tmp:
+            yield tmp
+        return
+    if dist.is_main:
+        try:
+            cm = atomic_dir(out, overwrite=True)
+            tmp = cm.__enter__()
+        except BaseException as exc:
+            dist.broadcast_object(("error", f"{type(exc).__name__}: {exc}"))
+            raise
+        dist.broadcast_object(("ok", str(tmp)))
+        try:
+            yield tmp
+        except BaseException:
+            if not cm.__exit__(*sys.exc_info()):
+                raise
+        else:
+            cm.__exit__(None, None, None)
+    else:
+        kind, value = dist.broadcast_object(None)
+        if kind != "ok":
+            raise distributed.RankFailed(value)
+        yield Path(value)
+
+
+def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
+                 on_progress: Callable[[int], None] | None, t0: float) -> tuple[dict[str, Any], float]:
+    """Sample every batch of this rank into the run directory ``tmp`` being built; rank 0 writes the
+    files that describe the whole run and returns its record (broadcast to every rank)."""
+    cfg = plan.cfg
+    n, (c, h, w) = len(cfg.seeds), plan.model.image_shape
+    metrics_time = 0.0
+    err: BaseException | None = None
+    images = None
+    try:
+        if dist.is_main:
             images = np.lib.format.open_memmap(tmp / "images.npy.tmp", mode="w+", dtype=np.uint8, shape=(n, h, w, c))
-            labels = np.full((n,), -1, np.int64)
-            i = 0
             if save_images:
                 (tmp / "images").mkdir()
-            for batch, ncalls in generate(plan, cfg.seeds, on_progress):
+    except Exception as exc:  # noqa: BLE001 -- reported through the round protocol
+        err = exc
+    dist.agree(err)
+    if images is None:
+        images = np.lib.format.open_memmap(tmp / "images.npy.tmp", mode="r+")
+    labels = np.full((n,), -1, np.int64)
+    calls: list[int] = []
+    starts = list(range(0, n, cfg.batch))
+    rounds = -(-len(starts) // dist.world)
+    for r in range(rounds):
+        k = r * dist.world + dist.rank
+        done = 0
+        err = None
+        try:
+            if k < len(starts):
+                i = starts[k]
+                batch, ncalls = sample_batch(plan, cfg.seeds[i: i + cfg.batch], i)
                 b = len(batch.seeds)
                 images[i: i + b] = batch.images.numpy()
                 if batch.labels is not None:
@@ -274,46 +346,82 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
                     cons.update(batch)
                 metrics_time += time.perf_counter() - t_m
                 calls.append(ncalls)
-                i += b
-            wall = time.perf_counter() - t0 - metrics_time
-            images.flush()
-            arrays = {"images": images, "seeds": np.asarray(cfg.seeds, np.int64)}
-            if (labels >= 0).any():
-                arrays["labels"] = labels
-            write_npz(tmp / "samples.npz", **arrays)
-            write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
-            del images, arrays
-            (tmp / "images.npy.tmp").unlink()
-            metrics: dict[str, Any] = {}
-            t_m = time.perf_counter()
-            for cons in consumers:
-                metrics.update(cons.result())
-            metrics_time += time.perf_counter() - t_m
-            record = {
-                "config": cfg.identity(),
-                "resolved": {
-                    "solver": plan.spec.name, "family": plan.spec.family, "options": plan.opts,
-                    "steps": plan.steps, "nfe_rule": plan.spec.nfe_rule, "schedule": plan.schedule,
-                    "sigmas": [float(s) for s in plan.sigmas.cpu()],
-                    "stochastic": plan.spec.is_stochastic(plan.opts),
-                    "class_labels": plan.label_mode, "model": plan.model.describe(),
-                },
-                "nfe_requested": cfg.nfe,
-                "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
-                "num_images": n,
-                "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
-                "wall_time_s": round(wall, 4),
-                "images_per_s": round(n / wall, 3) if wall > 0 else None,
-                "versions": versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            if any(c != cfg.nfe for c in calls):
-                raise RuntimeError(f"counted NFE {calls} differs from requested {cfg.nfe}")
-            if metrics:
-                write_json(tmp / "metrics.json", metrics)
-                record["metrics"] = metrics
-                record["metrics_time_s"] = round(metrics_time, 4)
-            write_json(tmp / "run.json", record)
-    except OSError as exc:
-        raise BenchError(f"cannot write the run directory '{out}': {exc.strerror or exc}; choose another --out.") from None
-    return record
+                done = b
+        except Exception as exc:  # noqa: BLE001 -- every rank stops at this round's end
+            err = exc
+        dist.agree(err)
+        if on_progress:
+            on_progress(sum(dist.all_gather_object(done)) if dist.enabled else done)
+    wall = time.perf_counter() - t0 - metrics_time
+    images.flush()
+    del images
+    if dist.enabled:
+        t_m = time.perf_counter()
+        gathered = dist.all_gather_object((calls, labels, [cons.state() for cons in consumers]))
+        calls = [k for g in gathered for k in g[0]]
+        labels = np.max(np.stack([g[1] for g in gathered]), axis=0)
+        for j, cons in enumerate(consumers):
+            cons.merge([g[2][j] for g in gathered])
+        metrics_time += time.perf_counter() - t_m
+    result: tuple[str, Any] = ("ok", None)
+    if dist.is_main:
+        try:
+            record, m_time = _finish_run(plan, consumers, tmp, labels, calls, wall, dist.world)
+            metrics_time += m_time
+            result = ("ok", record)
+        except Exception as exc:  # noqa: BLE001 -- told to the other ranks, then raised here
+            result = ("error", f"{type(exc).__name__}: {exc}")
+            if dist.enabled:
+                dist.broadcast_object(result)
+            raise
+    result = dist.broadcast_object(result)
+    if result[0] != "ok":
+        raise distributed.RankFailed(result[1])
+    return result[1], metrics_time
+
+
+def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: list[int], wall: float,
+                world: int) -> tuple[dict[str, Any], float]:
+    """Write samples.npz, grid.png, metrics.json and run.json of a complete run into ``tmp``."""
+    cfg = plan.cfg
+    n = len(cfg.seeds)
+    images = np.lib.format.open_memmap(tmp / "images.npy.tmp", mode="r")
+    arrays = {"images": images, "seeds": np.asarray(cfg.seeds, np.int64)}
+    if (labels >= 0).any():
+        arrays["labels"] = labels
+    write_npz(tmp / "samples.npz", **arrays)
+    write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
+    del images, arrays
+    (tmp / "images.npy.tmp").unlink()
+    metrics: dict[str, Any] = {}
+    t_m = time.perf_counter()
+    for cons in consumers:
+        metrics.update(cons.result())
+    metrics_time = time.perf_counter() - t_m
+    record = {
+        "config": cfg.identity(),
+        "resolved": {
+            "solver": plan.spec.name, "family": plan.spec.family, "options": plan.opts,
+            "steps": plan.steps, "nfe_rule": plan.spec.nfe_rule, "schedule": plan.schedule,
+            "sigmas": [float(s) for s in plan.sigmas.cpu()],
+            "stochastic": plan.spec.is_stochastic(plan.opts),
+            "class_labels": plan.label_mode, "model": plan.model.describe(),
+        },
+        "nfe_requested": cfg.nfe,
+        "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
+        "num_images": n,
+        "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
+        "world_size": world,
+        "wall_time_s": round(wall, 4),
+        "images_per_s": round(n / wall, 3) if wall > 0 else None,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if any(c != cfg.nfe for c in calls):
+        raise RuntimeError(f"counted NFE {calls} differs from requested {cfg.nfe}")
+    if metrics:
+        write_json(tmp / "metrics.json", metrics)
+        record["metrics"] = metrics
+        record["metrics_time_s"] = round(metrics_time, 4)
+    write_json(tmp / "run.json", record)
+    return record, metrics_time

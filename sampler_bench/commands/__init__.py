@@ -8,10 +8,13 @@ import sys
 import typer
 from rich.console import Console
 
+from sampler_bench.distributed import is_main_process
 from sampler_bench.errors import BenchError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Under torchrun every rank runs the command; only rank 0 prints (progress, results, errors).
+_quiet = not is_main_process()
+console = Console(stderr=False, quiet=_quiet)
+err_console = Console(stderr=True, quiet=_quiet)
 
 
 def user_errors(fn):

@@ -19,6 +19,7 @@ class SampleBatch:
     z: torch.Tensor  # (B,C,H,W) float64 initial N(0, I) latents (x_start = sigmas[0] * z)
     x: torch.Tensor  # (B,C,H,W) float64 final samples in [-1, 1] scale
     images: torch.Tensor  # (B,H,W,C) uint8 on CPU, exactly as saved
+    start: int = 0  # position of the batch's first sample in the run (its seed order)
 
 
 class BatchConsumer(Protocol):
@@ -27,6 +28,12 @@ class BatchConsumer(Protocol):
     def update(self, batch: SampleBatch) -> None: ...
 
     def result(self) -> dict[str, Any]: ...
+
+    # Under torchrun (sampler_bench.distributed) each process feeds its own batches; then every
+    # process's ``state()`` (picklable, small: sums, not images) is handed, in rank order, to
+    # ``merge(states)`` on every process, after which ``result()`` describes the whole run. A
+    # consumer without ``merge`` refuses to run under torchrun. Row-keeping metrics order their rows
+    # by ``SampleBatch.start`` so the result equals one process's.
 
 
 METRIC_NAMES = {

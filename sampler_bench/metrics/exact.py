@@ -190,7 +190,7 @@ class ExactMetricsConsumer:
     def update(self, batch) -> None:
         x = batch.x.to(F64)
         if self.want_fd:
-            self.stats.update(x.reshape(len(x), -1).cpu().numpy())
+            self.stats.update(x.reshape(len(x), -1).cpu().numpy(), batch.start)
         if self.want_ode:
             with torch.inference_mode():
                 ref = self._ode_reference(batch).to(x.device)
@@ -198,6 +198,18 @@ class ExactMetricsConsumer:
             self.sq_err += float(per.sum())
             self.count += len(x)
             self.worst = max(self.worst, float(per.max().sqrt()))
+
+    def state(self) -> dict[str, Any]:
+        return {"stats": self.stats.state(), "sq_err": self.sq_err, "count": self.count, "worst": self.worst,
+                "ref_evals": self.ref_evals}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Combine every process's state (torchrun; see :class:`sampler_bench.metrics.BatchConsumer`)."""
+        self.stats = FeatureStats.combine([st["stats"] for st in states])
+        self.sq_err = float(sum(st["sq_err"] for st in states))
+        self.count = int(sum(st["count"] for st in states))
+        self.worst = max(st["worst"] for st in states)
+        self.ref_evals = int(sum(st["ref_evals"] for st in states))
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

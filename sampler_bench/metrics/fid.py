@@ -40,9 +40,9 @@ class FeatureAccumulator:
         self.stats = FeatureStats(FEATURE_DIM, keep_features="kid" in self.metrics)
         self.logits: list[torch.Tensor] = []
 
-    def update(self, images_nhwc) -> None:
+    def update(self, images_nhwc, start: int | None = None) -> None:
         f, lg = self.extractor.features(images_nhwc)
-        self.stats.update(f)
+        self.stats.update(f, start)
         if "isc" in self.metrics:
             self.logits.append(lg)
 
@@ -101,7 +101,19 @@ class FIDConsumer:
         imgs = batch.images
         if imgs.shape[-1] == 1:
             imgs = imgs.expand(*imgs.shape[:-1], 3)
-        self.acc.update(imgs)
+        self.acc.update(imgs, start=batch.start)
+
+    def state(self) -> dict[str, Any]:
+        return {"stats": self.acc.stats.state(), "logits": self.acc.logits}
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Combine every process's features (torchrun). Kept rows (KID features, IS logits) are put
+        back in the run's sample order, so KID subsets and IS splits are those of one process."""
+        stats = [st["stats"] for st in states]
+        self.acc.stats = FeatureStats.combine(stats)
+        if "isc" in self.acc.metrics:
+            order = sorted((s["starts"][j], r, j) for r, s in enumerate(stats) for j in range(len(s["starts"])))
+            self.acc.logits = [states[r]["logits"][j] for _, r, j in order]
 
     def result(self) -> dict[str, Any]:
         return {**self.acc.result(self.ref), "fid_weights": self.acc.extractor.weights_source}

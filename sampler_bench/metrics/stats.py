@@ -107,8 +107,11 @@ class FeatureStats:
         self._outer: np.ndarray | None = None
         self.keep_features = keep_features
         self.features: list[np.ndarray] = []  # float32 rows, only with keep_features (for KID)
+        self.starts: list[int] = []  # run position of each update's first row
 
-    def update(self, feats) -> None:
+    def update(self, feats, start: int | None = None) -> None:
+        """Add feature rows; ``start`` is the position of their first image in the run (for :meth:`combine`)."""
+        self.starts.append(len(self.starts) if start is None else int(start))
         f = np.asarray(feats.detach().cpu().numpy() if hasattr(feats, "detach") else feats)
         f = f.reshape(len(f), -1)
         if f.shape[1] != self.dim:
@@ -126,6 +129,42 @@ class FeatureStats:
                 self._rows = None
         else:
             self._outer += f.T @ f
+
+    # -- combining the statistics of several processes (torchrun) ------------------------------
+
+    def state(self) -> dict:
+        """Everything needed to combine this accumulator with others' (:meth:`combine`)."""
+        return {"dim": self.dim, "count": self.count, "sum": self._sum, "rows": self._rows, "outer": self._outer,
+                "keep_features": self.keep_features, "features": self.features, "starts": self.starts}
+
+    @classmethod
+    def combine(cls, states: list[dict]) -> "FeatureStats":
+        """One accumulator over the rows of all ``states``, as if one process had seen every batch in
+        the order of their ``start`` positions. While the rows are kept (at most ``dim`` rows) the
+        result is bit-identical to that process's; past that, equal up to float64 summation order.
+        Kept feature rows (KID) are put back in start order."""
+        order = sorted((st["starts"][j], r, j) for r, st in enumerate(states) for j in range(len(st["starts"])))
+        out = cls(states[0]["dim"], keep_features=states[0]["keep_features"])
+        if out.keep_features:
+            out.features = [states[r]["features"][j] for _, r, j in order]
+        out.starts = [start for start, _, _ in order]
+        if all(st["rows"] is not None for st in states) and sum(st["count"] for st in states) <= out.dim:
+            for _, r, j in order:  # replay the batches in run order: the same sums as one process
+                f = states[r]["rows"][j]
+                out.count += len(f)
+                out._sum += f.sum(0)
+                out._rows.append(f)
+            return out
+        out._rows, out._outer = None, np.zeros((out.dim, out.dim))
+        for st in states:
+            out.count += st["count"]
+            out._sum += st["sum"]
+            if st["rows"] is not None:
+                X = np.concatenate(st["rows"]) if st["rows"] else np.zeros((0, out.dim))
+                out._outer += X.T @ X
+            else:
+                out._outer += st["outer"]
+        return out
 
     def mean(self) -> np.ndarray:
         if self.count == 0:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from sampler_bench import distributed
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json
 from sampler_bench.sweep.config import Cell, Sweep
@@ -55,27 +56,35 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
     from sampler_bench.sampling import existing_run_matches, run_sample
 
     hooks = hooks or SweepHooks()
+    # Under torchrun every rank runs every cell together (run_sample splits its seeds); rank 0 alone
+    # writes the sweep's files, and the ranks agree after each step that can fail.
+    dist = distributed.current(sweep.cells[0].cfg.device if sweep.cells else "auto")
     check_consistent(sweep)
-    try:
-        write_manifest(sweep)
-    except OSError as exc:
-        raise BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.") from None
     mine = sweep.shard(shard)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
     todo = []
-    for c in mine:
-        st = cell_status(sweep.out, c)
+    statuses = [cell_status(sweep.out, c) for c in mine]
+    err: BaseException | None = None
+    if dist.is_main:
+        try:
+            write_manifest(sweep)
+        except OSError as exc:
+            err = BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.")
+    dist.agree(err)
+    for c, st in zip(mine, statuses):
         if st == "skipped":
-            if read_record(sweep.out, c.id) is None:
+            if dist.is_main and read_record(sweep.out, c.id) is None:
                 write_json(record_path(sweep.out, c.id), _skip_record(sweep, c))
             counts["skipped"] += 1
         elif st == "ok":
             counts["done_before"] += 1
         else:
             todo.append(c)
-    for c in todo:
-        _remove_leftovers(sweep.out, c.id)
-    write_results(sweep.out)
+    if dist.is_main:
+        for c in todo:
+            _remove_leftovers(sweep.out, c.id)
+        write_results(sweep.out)
+    dist.barrier()
     model_cache: dict[tuple[str, str], Any] = {}
     for pos, c in enumerate(todo):
         if hooks.cell_start:
@@ -88,12 +97,12 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
                 if key not in model_cache:
                     model_cache.clear()  # one model in memory at a time (cells are model-major)
                     try:
-                        model_cache[key] = load_model(c.cfg.model, resolve_device(c.cfg.device))
-                    except BenchError as exc:
+                        device = distributed.local_device(resolve_device(c.cfg.device), dist)
+                        model_cache[key] = load_model(c.cfg.model, device)
+                    except Exception as exc:  # noqa: BLE001 -- every cell of this model fails with it
                         model_cache[key] = exc
                 model = model_cache[key]
-                if isinstance(model, BenchError):
-                    raise model
+                dist.agree(model if isinstance(model, Exception) else None)
             rec = run_sample(c.cfg, rdir, save_images=sweep.save_images, model=model,
                              on_start=hooks.samples_start, on_progress=hooks.samples_progress)
             record = _ok_record(sweep, c, rec)
@@ -101,9 +110,11 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
             record = _fail_record(sweep, c, str(exc))
         except Exception as exc:  # any solver / model error fails this cell only
             record = _fail_record(sweep, c, f"{type(exc).__name__}: {' '.join(str(exc).split())}", traceback.format_exc())
-        write_json(record_path(sweep.out, c.id), record)
+        if dist.is_main:
+            write_json(record_path(sweep.out, c.id), record)
+            write_results(sweep.out)
+        dist.barrier()
         counts[record["status"]] += 1
-        write_results(sweep.out)
         if hooks.cell_end:
             hooks.cell_end(c, record)
     return counts
