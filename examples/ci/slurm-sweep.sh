@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Slurm job array: N shards of a sweep, then one dependent job that merges, reports and checks the gates.
-#   sbatch examples/ci/slurm-sweep.sh                      # submits both (edit the #SBATCH lines first)
+#   bash examples/ci/slurm-sweep.sh     # on the login node: downloads, then submits the array and the gate job
 # `bench sweep --shard auto` reads SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT (and _MIN, _STEP).
 # Every shard writes into its own directory; they could also share one (shards never touch each
 # other's cells), but separate ones are what a multi-machine CI does and what `bench merge` combines.

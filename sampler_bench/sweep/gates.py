@@ -109,6 +109,11 @@ class Outcome:
 
 
 def _num(err, key: str, v: Any, minimum: float | None = None) -> float:
+    if isinstance(v, str):  # PyYAML reads 1.0e9 (no exponent sign) as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise err(key, f"{v!r} is not a number; give a finite number.")
     if minimum is not None and v < minimum:
