@@ -24,6 +24,12 @@ CI_CFG = ROOT / "configs" / "ci.yaml"
 REGRESSED = "gmm-8x8__ddim-eta0__nfe005"
 
 
+@pytest.fixture(autouse=True)
+def _no_real_step_summary(monkeypatch):
+    """Under GitHub Actions the suite must not append its test summaries to the real job summary."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 def invoke(*args, env=None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
@@ -212,7 +218,7 @@ def test_offline_with_a_missing_file_fails_before_sampling(tmp_path, monkeypatch
     import sampler_bench.sampling as sampling
 
     monkeypatch.setenv("SAMPLER_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("SAMPLER_BENCH_OFFLINE", raising=False)
+    monkeypatch.setenv("SAMPLER_BENCH_OFFLINE", "")  # recorded, so what --offline sets is undone afterwards
     calls = []
     monkeypatch.setattr(sampling, "run_sample", lambda *a, **k: calls.append(a))
     cfg = tmp_path / "edm.yaml"
