@@ -72,8 +72,11 @@ def before_sweep(sw, shard, config: Path, offline_flag: bool) -> None:
     from sampler_bench.errors import BenchError
     from sampler_bench.needs import missing_error, sweep_needs
 
+    from sampler_bench.sweep import check_consistent
+
     if offline_flag:
         set_offline()
+    check_consistent(sw)  # another config's results there: refused before anything is written
     needs = sweep_needs(sw.shard(shard))
     missing = [n for n in needs if not n.present]
     if missing and offline():
