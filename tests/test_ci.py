@@ -155,8 +155,11 @@ def test_sweep_check_runs_the_gates_at_the_end(tmp_path):
     assert res.exit_code == 1, res.output  # heun at NFE 3 (two steps) is far off the exact ODE solution
     failed = [c.get("name") for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase") if c.find("failure") is not None]
     assert failed == ["gmm-classes2-shape3x8x8__heun__nfe003 | ode_rms_error <= 1"]
-    res = invoke("sweep", cfg, "--out", tmp_path / "o", "--check", "--junit", tmp_path / "j.xml", "--shard", "1/2")
-    assert res.exit_code == 1  # resumed: nothing re-run, same verdict
+    # with a shard, the gates are checked on that shard's cells (resumed: nothing re-run)
+    res = invoke("sweep", cfg, "--out", tmp_path / "o", "--check", "--shard", "1/2")
+    assert res.exit_code == 0 and "heun" not in res.output.split("gates of")[1]  # euler only
+    res = invoke("sweep", cfg, "--out", tmp_path / "o", "--check", "--shard", "2/2")
+    assert res.exit_code == 1 and "FAIL" in res.output
     cfg.write_text(cfg.read_text().replace("max: 1.0", "max: 1.0\n    where: {solver: euler}"))
     res = invoke("sweep", cfg, "--out", tmp_path / "o", "--check")
     assert res.exit_code == 0, res.output

@@ -43,10 +43,10 @@ def report_check(res, *, as_json: bool = False) -> int:
     return 0 if res.passed else 1
 
 
-def check_and_write(results: Path, baseline, gates, junit, benchmark_json, summary, as_json: bool) -> int:
+def check_and_write(results: Path, baseline, gates, junit, benchmark_json, summary, as_json: bool, shard=None) -> int:
     from sampler_bench.sweep.check import run_check, write_outputs
 
-    res = run_check(results, baseline=baseline, gates_file=gates)
+    res = run_check(results, baseline=baseline, gates_file=gates, shard=shard)
     written = write_outputs(res, junit=junit, benchmark_json=benchmark_json, summary=summary)
     code = report_check(res, as_json=as_json)
     for p in written:

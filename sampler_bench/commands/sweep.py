@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing."),
         shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the cells (1 <= i <= n), or 'auto' (from SAMPLER_BENCH_SHARD_INDEX/COUNT, Slurm or GitLab variables)."),
         offline: bool = typer.Option(False, "--offline", help="No downloads: fail before the first cell when a checkpoint, reference or weights file is missing (also SAMPLER_BENCH_OFFLINE=1)."),
-        check: bool = typer.Option(False, "--check", help="Evaluate the config's gates at the end (as `bench check`): exit 1 when one fails."),
+        check: bool = typer.Option(False, "--check", help="Evaluate the config's gates at the end (as `bench check`; with --shard on that shard's cells): exit 1 when one fails."),
         baseline: Optional[Path] = typer.Option(None, "--baseline", help="With --check: baseline results directory or results.csv for *_vs_baseline gates."),
         junit: Optional[Path] = typer.Option(None, "--junit", help="With --check: write JUnit XML here."),
         benchmark_json: Optional[Path] = typer.Option(None, "--benchmark-json", help="With --check: write github-action-benchmark JSON here."),
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         if check:
             from sampler_bench.commands.check import check_and_write
 
-            raise typer.Exit(check_and_write(sw.out, baseline, None, junit, benchmark_json, None, False))
+            raise typer.Exit(check_and_write(sw.out, baseline, None, junit, benchmark_json, None, False, sh))
 
     @app.command("report")
     @user_errors

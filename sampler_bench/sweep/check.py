@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -92,7 +91,9 @@ def load_baseline(path: str | Path) -> dict[str, dict[str, Any]]:
     raise BenchError(f"baseline '{path}' is neither a results directory nor a .csv file; pass a previous run's results directory or its results.csv.")
 
 
-def run_check(results: str | Path, *, baseline: str | Path | None = None, gates_file: str | Path | None = None) -> CheckResult:
+def run_check(results: str | Path, *, baseline: str | Path | None = None, gates_file: str | Path | None = None,
+              shard: tuple[int, int] | None = None) -> CheckResult:
+    """Evaluate the gates on every cell of the results (or, with ``shard``, on that shard's cells only)."""
     manifest, records = load_results(results)
     gates = load_gates_file(gates_file) if gates_file else gates_from_config(manifest.get("config"), str(Path(results) / "sweep.json"))
     if not gates:
@@ -101,7 +102,12 @@ def run_check(results: str | Path, *, baseline: str | Path | None = None, gates_
     by_id = {r["cell"]: r for r in records}
     cells = manifest.get("cells") or [{"cell": r["cell"], "model": r.get("model"), "series": r.get("series"),
                                        "solver": r.get("solver"), "nfe": r.get("nfe")} for r in records]
-    outcomes = evaluate(gates, cells, by_id, base)
+    part = None
+    if shard is not None:
+        cells = [c for k, c in enumerate(cells) if k % shard[1] == shard[0] - 1]  # Sweep.shard's rule
+        records = [r for r in records if r["cell"] in {c["cell"] for c in cells}]
+        part = f"shard {shard[0]}/{shard[1]}"
+    outcomes = evaluate(gates, cells, by_id, base, part)
     return CheckResult(str(manifest.get("name") or Path(results).name), outcomes, records)
 
 
@@ -129,6 +135,3 @@ def write_outputs(res: CheckResult, *, junit: str | Path | None = None, benchmar
         raise BenchError(f"cannot write '{exc.filename}' ({exc.strerror or exc}); choose a writable path.") from None
     return written
 
-
-def result_json(res: CheckResult) -> str:
-    return json.dumps(res.as_dict())

@@ -317,12 +317,13 @@ def _check_cell(g: Gate, cell: dict[str, Any], rec: dict[str, Any] | None, basel
 
 
 def evaluate(gates: list[Gate], cells: list[dict[str, Any]], records: dict[str, dict[str, Any]],
-             baseline: dict[str, dict[str, Any]] | None = None) -> list[Outcome]:
+             baseline: dict[str, dict[str, Any]] | None = None, part: str | None = None) -> list[Outcome]:
     """Check every gate on every cell it matches.
 
     ``cells``: every cell of the sweep (manifest entries: cell, model, series, solver, nfe, options);
     ``records``: cell id -> record (cells/*.json, skipped cells included); ``baseline``: cell id ->
-    {metric: value} for the baseline gates.
+    {metric: value} for the baseline gates. ``part`` (e.g. "shard 1/2") says that ``cells`` are only
+    part of the sweep: a gate that matches none of them is then skipped instead of failed.
     """
     out: list[Outcome] = []
     for g in gates:
@@ -335,7 +336,10 @@ def evaluate(gates: list[Gate], cells: list[dict[str, Any]], records: dict[str, 
             if matches(g.where, view):
                 mine.append(_check_cell(g, view, rec, baseline))
         if not mine:
-            out.append(Outcome(g, "(no cell)", "fail", f"gate {g.index} matches no cell of the sweep; fix its where"))
+            if part:
+                out.append(Outcome(g, "(no cell)", "skipped", f"gate {g.index} matches no cell of {part}; check the merged results"))
+            else:
+                out.append(Outcome(g, "(no cell)", "fail", f"gate {g.index} matches no cell of the sweep; fix its where"))
             continue
         if g.uses_baseline and not any(o.baseline is not None or o.status == "fail" for o in mine):
             out.append(Outcome(g, "(baseline)", "fail", "the baseline holds no value for any cell of this gate; is it the right baseline?"))
