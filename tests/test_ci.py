@@ -350,3 +350,14 @@ def test_sample_json_prints_one_object(tmp_path):
     rec = json.loads(res.stdout)
     assert rec["nfe_counted"] == 3 and rec["num_images"] == 2 and "pixel_fd" in rec["metrics"]
     assert rec == {**json.loads((tmp_path / "r" / "run.json").read_text()), "out": str(tmp_path / "r")}
+
+
+def test_other_torchrun_ranks_write_no_ci_files(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    res = invoke("check", shards / "m", "--junit", tmp_path / "j.xml", "--json")
+    assert res.exit_code == 0 and res.stdout == "" and not (tmp_path / "j.xml").exists() and not summary.exists()
+    monkeypatch.setenv("RANK", "0")
+    res = invoke("check", shards / "m", "--junit", tmp_path / "j.xml", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["passed"] and (tmp_path / "j.xml").is_file() and summary.is_file()

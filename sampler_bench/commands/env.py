@@ -81,6 +81,10 @@ def before_sweep(sw, shard, config: Path, offline_flag: bool) -> None:
     missing = [n for n in needs if not n.present]
     if missing and offline():
         raise missing_error(missing, str(config))
+    from sampler_bench.commands import first_process
+
+    if not first_process():  # under torchrun rank 0 alone writes the results directory
+        return
     tag = f"shard-{shard[0]}-of-{shard[1]}" if shard else "all"
     try:
         save(sw.out, tag, collect(needs))
