@@ -61,7 +61,7 @@ def test_same_fid_from_run_dir_png_folder_npz_and_on_the_fly(world):
         r = runner.invoke(app, ["fid", str(src), "--ref", str(world["ref"]), "--inception-weights", world["weights"],
                                 "--json", "--batch", "5", "--device", "cpu"])
         assert r.exit_code == 0, r.output
-        values[name] = json.loads(r.output[r.output.index("{"):])["fid"]
+        values[name] = json.loads(r.stdout)["fid"]  # --json: one object, nothing else on stdout
     for v in values.values():
         assert v == pytest.approx(on_the_fly, rel=1e-6, abs=1e-9)
     merged = json.loads((world["run"] / "metrics.json").read_text())
@@ -78,7 +78,7 @@ def test_self_fid_kid_isc(world):
     r = runner.invoke(app, ["fid", str(world["run"] / "samples.npz"), "--ref", str(self_ref), "--metrics", "kid,isc",
                             "--inception-weights", world["weights"], "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    m = json.loads(r.output[r.output.index("{"):])
+    m = json.loads(r.stdout)
     assert abs(m["fid"]) < 1e-6 and abs(m["kid_mean"]) < 1e-3 and m["isc_mean"] >= 1.0 and m["kid_subset_size"] == N
     # stats without features: KID refused before any work
     r = runner.invoke(app, ["fid", str(world["run"]), "--ref", str(world["ref"]), "--metrics", "kid",

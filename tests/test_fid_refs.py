@@ -103,7 +103,9 @@ def test_corrupt_reference_file(tmp_path):
 
 def test_weights_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("SAMPLER_BENCH_CACHE", str(tmp_path / "sb"))
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("SAMPLER_BENCH_OFFLINE", raising=False)
     calls = []
 
     def fake_download(url, dst):
@@ -113,9 +115,16 @@ def test_weights_resolution_order(tmp_path, monkeypatch):
 
     monkeypatch.setattr(inception, "_download", fake_download)
     explicit, env, hub = tmp_path / "explicit.pth", tmp_path / "env.pth", inception.hub_cache_path()
-    # nothing local: download into the hub cache, once
-    assert inception.resolve_weights(None) == (hub, "download") and calls == [inception.WEIGHTS_URL]
-    assert inception.resolve_weights(None) == (hub, "hub-cache") and len(calls) == 1
+    cached = inception.cache_path()
+    assert cached == tmp_path / "sb" / "weights" / inception.WEIGHTS_FILENAME
+    # torch-fidelity's hub cache file is reused when present
+    hub.parent.mkdir(parents=True)
+    torch.save({}, hub)
+    assert inception.resolve_weights(None) == (hub, "hub-cache") and not calls
+    hub.unlink()
+    # nothing local: download into the cache root, once
+    assert inception.resolve_weights(None) == (cached, "download") and calls == [inception.WEIGHTS_URL]
+    assert inception.resolve_weights(None) == (cached, "cache") and len(calls) == 1
     env.write_bytes(b"x")
     monkeypatch.setenv(inception.WEIGHTS_ENV, str(env))
     assert inception.resolve_weights(None) == (env, "env")
@@ -131,7 +140,9 @@ def test_weights_resolution_order(tmp_path, monkeypatch):
 
 def test_offline_without_weights_names_file_place_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("SAMPLER_BENCH_CACHE", str(tmp_path / "sb"))
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("SAMPLER_BENCH_OFFLINE", raising=False)
 
     def offline(url, dst):
         raise OSError("Name or service not known")
@@ -140,7 +151,7 @@ def test_offline_without_weights_names_file_place_and_url(tmp_path, monkeypatch)
     with pytest.raises(BenchError) as e:
         inception.resolve_weights(None)
     msg = str(e.value)
-    assert inception.WEIGHTS_URL in msg and str(inception.hub_cache_path()) in msg and "--inception-weights" in msg
+    assert inception.WEIGHTS_URL in msg and str(inception.cache_path()) in msg and "--inception-weights" in msg
     assert "\n" not in msg
 
 

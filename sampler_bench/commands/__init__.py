@@ -42,3 +42,37 @@ def print_metrics(metrics: dict) -> None:
         console.print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
     for w in metrics.get("warnings", []):
         err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+
+
+def _plain(obj):
+    """JSON-safe copy: non-finite floats become null, paths and numpy scalars plain values."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if hasattr(obj, "item"):  # numpy scalar
+        return _plain(obj.item())
+    return str(obj)
+
+
+def first_process() -> bool:
+    """False on the other ranks of a torchrun job (RANK > 0): they leave printing and CI files to rank 0."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def print_json(obj) -> None:
+    """``--json``: exactly one JSON object on stdout, one line, nothing else (messages go to stderr)."""
+    import json
+
+    if not first_process():
+        return
+    sys.stdout.write(json.dumps(_plain(obj)) + "\n")
+    sys.stdout.flush()

@@ -46,10 +46,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("download")
     @user_errors
-    def download(names: List[str] = typer.Argument(None, help="Registered checkpoint names (`bench models`); none = list the cache."),):
-        """Download registered checkpoints into the cache (resumable) and verify their checksums."""
+    def download(names: List[str] = typer.Argument(None, help="Registered checkpoint names (`bench models`), or one sweep config (.yaml): everything it needs; none = list the cache."),):
+        """Download registered checkpoints, or everything a sweep config needs, into the cache (resumable; checksums verified)."""
         from sampler_bench.models.checkpoints import KNOWN, cache_dir, cache_state, ensure_checkpoint
 
+        if names and len(names) == 1 and names[0].lower().endswith((".yaml", ".yml")):
+            from sampler_bench.commands.env import download_for_config
+
+            download_for_config(Path(names[0]))
+            return
         if not names:
             console.print(f"cache: {cache_dir()}")
             for ck in KNOWN.values():

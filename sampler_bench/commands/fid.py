@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, print_metrics, user_errors
+from sampler_bench.commands import console, err_console, print_json, print_metrics, user_errors
 from sampler_bench.errors import BenchError
 
 
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Use only the first N images of the source."),
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout, nothing else."),
     ):
         """FID of SOURCE against reference statistics; writes metrics.json into a run directory."""
         from sampler_bench.metrics import parse_metrics
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         if src.run_dir is not None:
             merge_run_metrics(src.run_dir, result)
         if as_json:
-            console.print_json(json.dumps(result))
+            print_json(result)
         else:
             console.print(f"FID {result['fid']:.4f}  ({src.description} vs {refstats.label})")
             print_metrics({k: v for k, v in result.items() if k != "fid"})

@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run record (run.json: config, counted NFE, timings, metrics) as one JSON object on stdout, nothing else."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.metrics import parse_metrics
@@ -63,6 +64,13 @@ def register(app: typer.Typer) -> None:
         finally:
             if started:
                 bar.stop()
+        if as_json:
+            from sampler_bench.commands import print_json
+
+            for w in (rec.get("metrics") or {}).get("warnings", []):
+                err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+            print_json({**rec, "out": str(out)})
+            return
         if rec.get("skipped"):
             console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:

@@ -49,18 +49,31 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (overrides the config's 'out')."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing."),
-        shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the cells (1 <= i <= n), e.g. for job arrays."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the cells (1 <= i <= n), or 'auto' (from SAMPLER_BENCH_SHARD_INDEX/COUNT, Slurm or GitLab variables)."),
+        offline: bool = typer.Option(False, "--offline", help="No downloads: fail before the first cell when a checkpoint, reference or weights file is missing (also SAMPLER_BENCH_OFFLINE=1)."),
+        check: bool = typer.Option(False, "--check", help="Evaluate the config's gates at the end (as `bench check`; with --shard on that shard's cells): exit 1 when one fails."),
+        baseline: Optional[Path] = typer.Option(None, "--baseline", help="With --check: baseline results directory or results.csv for *_vs_baseline gates."),
+        junit: Optional[Path] = typer.Option(None, "--junit", help="With --check: write JUnit XML here."),
+        benchmark_json: Optional[Path] = typer.Option(None, "--benchmark-json", help="With --check: write github-action-benchmark JSON here."),
     ):
         """Run a sweep: every model x solver (x options) x NFE cell, resumable; writes results.csv/.md."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from sampler_bench.sweep import SweepHooks, load_sweep, parse_shard, run_sweep
+        from sampler_bench.commands.env import before_sweep
+        from sampler_bench.errors import BenchError
+        from sampler_bench.sweep import SweepHooks, load_sweep, run_sweep
+        from sampler_bench.sweep.shards import resolve_shard
 
-        sh = parse_shard(shard)
+        if not check and (baseline or junit or benchmark_json):
+            raise BenchError("--baseline, --junit and --benchmark-json belong to --check; add --check (or run `bench check` afterwards).")
+        sh = resolve_shard(shard)
         sw = load_sweep(config, out)
         if dry_run:
             _dry_run(sw, sh)
             return
+        if check and not sw.raw.get("gates"):
+            raise BenchError(f"--check: '{config}' has no gates: section; add one (see README, Running in CI) or drop --check.")
+        before_sweep(sw, sh, config, offline)
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
         overall = bar.add_task("cells", total=None)
@@ -91,6 +104,10 @@ def register(app: typer.Typer) -> None:
         if counts["failed"]:
             console.print("failed cells are listed with their reason in results.md; re-running the same command retries them.")
         console.print(f"tables and plots: bench report {sw.out}", highlight=False)
+        if check:
+            from sampler_bench.commands.check import check_and_write
+
+            raise typer.Exit(check_and_write(sw.out, baseline, None, junit, benchmark_json, None, False, sh))
 
     @app.command("report")
     @user_errors

@@ -5,9 +5,10 @@ TF1's bilinear rule, scales ``(x - 128) / 128`` and runs the 2015-12-05 TF Incep
 to PyTorch. We use its pool3 features (``'2048'``, for FID/KID) and ``'logits_unbiased'`` (for IS).
 
 Weights (``weights-inception-2015-12-05-6726825d.pth``, 95.7 MB, a plain state dict) are resolved in
-this order: an explicit path (``--inception-weights``), ``$SAMPLER_BENCH_INCEPTION_WEIGHTS``, the
-torch hub cache file torch-fidelity itself uses (``$TORCH_HOME/hub/checkpoints/<file>``), then a
-download of torch-fidelity's release URL into that cache. Files are loaded with
+this order: an explicit path (``--inception-weights``), ``$SAMPLER_BENCH_INCEPTION_WEIGHTS``,
+``weights/<file>`` under the cache root (``$SAMPLER_BENCH_CACHE``, sampler_bench/cache.py), the torch
+hub cache file torch-fidelity itself uses (``$TORCH_HOME/hub/checkpoints/<file>``, reused when
+present), then a download of torch-fidelity's release URL into the cache root. Files are loaded with
 ``torch.load(weights_only=True)`` (no pickled code runs) and into the network with strict keys.
 """
 
@@ -32,6 +33,13 @@ FEATURE_DIM = 2048
 LOGITS_DIM = 1008
 
 
+def cache_path() -> Path:
+    """Where we keep (and download) the weights: ``weights/<file>`` under the one cache root."""
+    from sampler_bench.cache import subdir
+
+    return subdir("weights") / WEIGHTS_FILENAME
+
+
 def hub_cache_path() -> Path:
     """Where torch-fidelity caches the weights: ``torch.hub.get_dir()/checkpoints/<file>``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
@@ -44,7 +52,7 @@ def _download(url: str, dst: Path) -> None:
 
 
 def resolve_weights(explicit: str | os.PathLike | None = None, *, allow_download: bool = True) -> tuple[Path, str]:
-    """The weights file to use and where it came from (``explicit``, ``env``, ``hub-cache``, ``download``)."""
+    """The weights file to use and where it came from (``explicit``, ``env``, ``cache``, ``hub-cache``, ``download``)."""
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_file():
@@ -56,10 +64,15 @@ def resolve_weights(explicit: str | os.PathLike | None = None, *, allow_download
         if not p.is_file():
             raise BenchError(f"${WEIGHTS_ENV}='{env}' does not exist; point it at {WEIGHTS_FILENAME} (from {WEIGHTS_URL}) or unset it.")
         return p, "env"
-    cached = hub_cache_path()
+    cached = cache_path()
     if cached.is_file():
-        return cached, "hub-cache"
-    if allow_download:
+        return cached, "cache"
+    hub = hub_cache_path()
+    if hub.is_file():
+        return hub, "hub-cache"
+    from sampler_bench.cache import offline
+
+    if allow_download and not offline():
         try:
             _download(WEIGHTS_URL, cached)
         except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError, ...)
@@ -68,7 +81,8 @@ def resolve_weights(explicit: str | os.PathLike | None = None, *, allow_download
                 f"Inception weights not found and the download failed ({type(exc).__name__}: {reason}); download {WEIGHTS_URL} "
                 f"and put it at {cached}, or pass --inception-weights PATH or set ${WEIGHTS_ENV}.") from None
         return cached, "download"
-    raise BenchError(f"Inception weights not found; download {WEIGHTS_URL} and put it at {cached}, or pass --inception-weights PATH or set ${WEIGHTS_ENV}.")
+    why = " and downloads are off (SAMPLER_BENCH_OFFLINE)" if offline() else ""
+    raise BenchError(f"Inception weights not found{why}; download {WEIGHTS_URL} and put it at {cached}, or pass --inception-weights PATH or set ${WEIGHTS_ENV}.")
 
 
 def _load_state_dict(path: Path) -> dict:

@@ -56,14 +56,10 @@ CACHE_ENV = "SAMPLER_BENCH_CACHE"
 
 
 def cache_dir() -> Path:
-    """``$SAMPLER_BENCH_CACHE/refs``; else ``checkpoints/cache/refs`` in a source checkout; else ``~/.cache/sampler_bench/refs``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser() / "refs"
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "checkpoints").is_dir() and (repo / "pyproject.toml").is_file():
-        return repo / "checkpoints" / "cache" / "refs"
-    return Path.home() / ".cache" / "sampler_bench" / "refs"
+    """``refs/`` under the one cache root (``$SAMPLER_BENCH_CACHE``, see sampler_bench/cache.py)."""
+    from sampler_bench.cache import subdir
+
+    return subdir("refs")
 
 
 def _download(url: str, dst: Path) -> None:
@@ -97,8 +93,11 @@ def resolve_ref(ref: str, *, allow_download: bool = True, cache: Path | None = N
     dst = (cache or cache_dir()) / entry.filename
     if dst.is_file():
         return dst, entry.name
-    if not allow_download:
-        raise BenchError(f"reference '{entry.name}' is not cached; download {entry.url} to {dst}, or pass the file's path.")
+    from sampler_bench.cache import offline
+
+    if not allow_download or offline():
+        raise BenchError(f"reference '{entry.name}' is not cached{' and downloads are off (SAMPLER_BENCH_OFFLINE)' if offline() else ''}; "
+                         f"download {entry.url} to {dst}, or pass the file's path.")
     try:
         _download(entry.url, dst)
     except Exception as exc:

@@ -1,7 +1,7 @@
 """Known checkpoints (``checkpoints/*.yaml``), the local cache and downloads.
 
 Each registry entry becomes a ``--model`` name. On first use the file is downloaded into the cache
-(``checkpoints/cache/``, or ``$SAMPLER_BENCH_CACHE``) with a progress bar; an interrupted download
+(``checkpoints/`` under the cache root, ``$SAMPLER_BENCH_CACHE``) with a progress bar; an interrupted download
 resumes from its ``.part`` file with an HTTP Range request. The file's SHA-256 is recorded beside it
 (``FILE.sha256``) on first download (or checked against the registry's pin) and verified on every
 later use. With ``SAMPLER_BENCH_OFFLINE=1``, or when the network is unreachable, a cached file is used
@@ -30,8 +30,10 @@ CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("SAMPLER_BENCH_CACHE")
-    return Path(env) if env else REGISTRY_DIR / "cache"
+    """``checkpoints/`` under the one cache root (``$SAMPLER_BENCH_CACHE``, see sampler_bench/cache.py)."""
+    from sampler_bench.cache import subdir
+
+    return subdir("checkpoints")
 
 
 def offline() -> bool:

@@ -27,6 +27,7 @@ TOP_KEYS = {
     "metrics": "mapping {fid, names, inception_weights}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
+    "gates": "list of quality gates {metric, max|min|max_vs_baseline|min_vs_baseline|max_vs_floor, noise, where} (bench check)",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule")
@@ -352,6 +353,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         if known is not None and e.lower() not in known:
             raise ctx.err(f"metrics.names[{i}]", f"unknown metric '{e}'; allowed: {', '.join(known)}.")
     weights = _opt_str(ctx, "metrics.inception_weights", metrics.get("inception_weights"), "a path to the Inception weights file")
+    from sampler_bench.sweep.gates import validate_gates
+
+    validate_gates(raw.get("gates"), ctx.err)  # checked up front; `bench check` reads them from sweep.json
     policy = raw.get("on_invalid_nfe", "skip")
     if policy not in INVALID_NFE:
         raise ctx.err("on_invalid_nfe", f"{policy!r} is not valid; allowed values: {', '.join(INVALID_NFE)}.")

@@ -82,7 +82,7 @@ def write_manifest(sweep: Sweep) -> None:
     write_json(sweep.out / "sweep.json", {
         "name": sweep.name, "source": sweep.source, "description": sweep.description, "config": sweep.raw,
         "cells": [{"cell": c.id, "model": c.model, "series": c.series, "solver": c.solver, "nfe": c.nfe,
-                   "skip_reason": c.skip_reason} for c in sweep.cells],
+                   "options": c.options, "skip_reason": c.skip_reason} for c in sweep.cells],
     })
 
 
