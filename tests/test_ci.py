@@ -354,6 +354,7 @@ def test_sample_json_prints_one_object(tmp_path):
 
 def test_other_torchrun_ranks_write_no_ci_files(shards, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets both
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     res = invoke("check", shards / "m", "--junit", tmp_path / "j.xml", "--json")

@@ -63,9 +63,7 @@ def _plain(obj):
 
 def first_process() -> bool:
     """False on the other ranks of a torchrun job (RANK > 0): they leave printing and CI files to rank 0."""
-    import os
-
-    return os.environ.get("RANK", "0").strip() in ("", "0")
+    return is_main_process()
 
 
 def print_json(obj) -> None:
