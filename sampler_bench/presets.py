@@ -2,7 +2,8 @@
 
 ``--preset NAME`` (``bench sample``) or ``preset: NAME`` (a sweep's solver entry) expands to the
 fields below; anything the user gives explicitly (``--solver``, ``--opt``, ``--schedule``,
-``--final-step``, ``--noise``) overrides the preset's value. The run record (``run.json``,
+``--final-step``, ``--noise``) overrides the preset's value; with another solver the preset keeps
+the options that solver has (e.g. ``quad`` for every DEIS multistep solver). The run record (``run.json``,
 ``resolved.preset``) names the preset, what it expanded to and what was overridden.
 """
 
@@ -25,6 +26,13 @@ class Preset:
     source: str  # the official code / paper setting it reproduces
     summary: str
     opts: Mapping[str, Any] = field(default_factory=dict)
+
+    def opts_for(self, solver: str) -> dict[str, Any]:
+        """The preset's options that ``solver`` has (all of them for the preset's own solver)."""
+        from sampler_bench.solvers import REGISTRY
+
+        spec = REGISTRY.get(solver)
+        return {k: v for k, v in self.opts.items() if solver == self.solver or (spec is not None and k in spec.options)}
 
     def expansion(self) -> dict[str, Any]:
         return {"solver": self.solver, "opts": dict(self.opts), "schedule": self.schedule,
@@ -107,7 +115,7 @@ def expand(preset: str | None, *, solver: str | None = None, opts: Mapping[str, 
         out[k] = base[k] if v is None else v
         if v is not None and v != base[k]:
             overrides.append(k)
-    merged = dict(base["opts"]) if out["solver"] == p.solver else {}
+    merged = p.opts_for(out["solver"])  # with another solver: the preset's options that solver has
     for k, v in (opts or {}).items():
         merged[k] = v
         overrides.append(f"opts.{k}")

@@ -216,8 +216,8 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     opts = entry.get("opts") or {}
     if not isinstance(opts, dict):
         raise ctx.err(f"{key}.opts", f"{opts!r} is not valid; use a mapping option: value (a list of values makes a grid axis).")
-    if preset is not None and name == preset.solver:
-        opts = {**preset.opts, **opts}  # the preset's options, overridden by the entry's
+    if preset is not None:
+        opts = {**preset.opts_for(name), **opts}  # the preset's options (those this solver has), overridden by the entry's
     axes: list[list[tuple[str, Any]]] = []
     for k, v in opts.items():
         if k not in spec.options:
@@ -246,7 +246,7 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     return {
         "name": name,
         "preset": None if preset is None else preset.name,
-        "preset_opts": set() if preset is None or name != preset.solver else set(preset.opts) - set(entry.get("opts") or {}),
+        "preset_opts": set() if preset is None else set(preset.opts_for(name)) - set(entry.get("opts") or {}),
         "final_step": final_step,
         "explicit_final_step": "final_step" in entry,
         "schedule_from_preset": preset is not None and "schedule" not in entry,
