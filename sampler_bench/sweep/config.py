@@ -30,7 +30,7 @@ TOP_KEYS = {
     "save_images": "true to also write one PNG per sample",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
-SOLVER_KEYS = ("name", "preset", "label", "opts", "nfe", "schedule", "final_step", "models")
+SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
 METRIC_KEYS = ("fid", "names", "inception_weights")
 INVALID_NFE = ("skip", "error")
 
