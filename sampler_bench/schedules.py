@@ -1,26 +1,31 @@
-"""Sigma step schedules. Each returns a float64 tensor ``sigmas[0] > ... > sigmas[n-1] > sigmas[n] = 0``.
+"""Sigma step schedules. Each builds a float64 tensor of ``n + 1`` sigmas for ``n`` steps.
 
-A schedule of ``n`` steps has ``n + 1`` entries; the last step goes to sigma = 0. Names and
-parameters are given as ``NAME`` or ``NAME:key=value,key=value`` (e.g. ``karras:rho=5``,
-``time-poly:order=2``).
+Under the final-step policy ``zero`` (default) the schedule is ``sigmas[0] > ... > sigmas[n-1] > sigmas[n] = 0``:
+the last step goes to sigma = 0. Under ``none`` / ``denoise`` it ends at the grid's own last
+positive point (see ``make_schedule`` and solvers/__init__.py). Names and parameters are given as
+``NAME`` or ``NAME:key=value,key=value`` (e.g. ``karras:rho=5``, ``time-poly:order=2``).
 
 | name            | grid                                                                  | source |
 |-----------------|-----------------------------------------------------------------------|--------|
-| karras          | (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho, rho = 7    | EDM eq. 5 |
+| karras          | (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho, rho = 7    | EDM eq. 5 / generate.py |
 | time-uniform    | t uniform from t(smax) to t(smin) in the model's native VP time       | DDIM |
 | time-quadratic  | sqrt(t) uniform (t quadratic in the index)                            | DDIM (CIFAR) |
 | time-poly       | t^(1/order) uniform, order = 2 by default                              | DEIS "t" grid |
 | logsnr          | log-SNR = -2 log sigma uniform                                        | DPM-Solver |
-| discrete-uniform| guided-diffusion / ER-SDE grid: linspace(0, N, n+1, endpoint=False)[::-1] on the integer grid | ER-SDE official |
+| discrete-uniform| guided-diffusion / ER-SDE integer grid: linspace(0, N, n+1, endpoint=False)[::-1] on the integer grid | ER-SDE official |
+
+The official named grids (``deis-t``, ``ddim-uniform``, ``ddim-quad``, ``diffusers-leading``,
+``diffusers-trailing``, ``diffusers-linspace``, ``ersde-guided``) are in ``official_grids.py``.
 
 Time-based grids need the model's native time map; with none (a pure EDM network) they are refused.
-The first n entries are passed through the model's ``round_sigma`` (as EDM does).
+The positive entries are passed through the model's ``round_sigma`` (as EDM does).
 
 ``karras``, ``logsnr`` and the ``time-*`` grids also take ``t_min``/``t_max`` (the range in the model's
 native time, instead of ``sigma_min``/``sigma_max``) and ``endpoint`` (1 = default: the n-th point is
 sigma_min; 0 = the official DEIS ``get_rev_ts`` layout: n + 1 points from t_max to t_min of which
-the last, never evaluated there, is replaced by sigma = 0, i.e. numpy's ``endpoint=False``). The
-DEIS code's own grid is e.g. ``time-poly:order=2,t_min=1e-3,t_max=1,endpoint=0``.
+the last, never evaluated there, is replaced by sigma = 0 under ``zero``, i.e. numpy's
+``endpoint=False``). Under ``none``/``denoise`` both layouts are the same n + 1 points ending at
+the range's end. The DEIS code's own grid is ``deis-t`` (= ``time-poly:order=2,t_min=1e-3,t_max=1,endpoint=0``).
 """
 
 from __future__ import annotations
