@@ -256,3 +256,32 @@ def test_cli_errors_for_final_step_and_noise(tmp_path):
     rec = run_sample(RunConfig(model="gaussian:shape=1x4x4", solver="heun", nfe=5, seeds=[0], final_step="denoise",
                                metrics=["none"], device="cpu"), tmp_path / "h")
     assert rec["nfe_counted"] == 5 and rec["resolved"]["steps"] == 2 and rec["resolved"]["nfe_rule"] == "2*steps + 1"
+
+
+# -------------------------------------------------------------------------------------------------
+# sweeps: preset, final_step, models
+# -------------------------------------------------------------------------------------------------
+
+
+def test_sweep_entries_take_presets_final_step_and_a_model_filter(tmp_path):
+    from sampler_bench.sweep import load_sweep
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("models:\n  - {model: 'gaussian:shape=1x4x4', label: a}\n  - {model: 'gmm:classes=2,shape=1x4x4', label: b}\n"
+                   "solvers:\n  - preset: deis-official\n  - {preset: deis-official, name: deis-rhoab3, models: [b]}\n"
+                   "  - {name: heun, final_step: denoise, nfe: [5]}\nnfe: [4]\nnum: 2\ndevice: cpu\n")
+    sw = load_sweep(cfg, tmp_path / "o")
+    ids = [c.id for c in sw.cells]
+    assert ids == ["a__deis-official__nfe004", "a__heun-finaldenoise__nfe005", "b__deis-official__nfe004",
+                   "b__deis-official-deis-rhoab3__nfe004", "b__heun-finaldenoise__nfe005"]
+    c = sw.cells[0]
+    assert (c.solver, c.cfg.schedule, c.cfg.final_step, c.cfg.preset) == ("deis", "deis-t:order=2,t_min=0.001,t_max=1", "none", "deis-official")
+    r = sw.cells[3]
+    assert r.solver == "deis-rhoab3" and r.model == "b" and r.cfg.opts == {"quad": "riemann", "quad_points": 10000}
+    assert sw.cells[1].cfg.final_step == "denoise" and sw.cells[1].cfg.preset is None
+    for body, msg in (("solvers: [{preset: deis-oficial}]", "unknown preset"),
+                      ("solvers: [{name: heun, final_step: last}]", "final_step"),
+                      ("solvers: [{name: heun, models: [zz]}]", "no model has the label 'zz'")):
+        cfg.write_text(f"models: [{{model: gaussian, label: a}}]\n{body}\nnfe: [5]\n")
+        with pytest.raises(BenchError, match=msg):
+            load_sweep(cfg)

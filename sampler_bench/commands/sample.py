@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Per-sample seeds, e.g. 0-63 or 0,5,10-19 (default 0-63)."),
         num: Optional[int] = typer.Option(None, "--num", help="Number of samples, seeds 0..num-1 (instead of --seeds)."),
         batch: int = typer.Option(32, "--batch", "-b", help="Batch size (does not change the samples)."),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="Step schedule NAME[:k=v,...]: karras, time-uniform, time-quadratic, time-poly, logsnr, discrete-uniform (default: the solver's)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="Step schedule NAME[:k=v,...]: karras, time-uniform, time-quadratic, time-poly, logsnr, discrete-uniform, or an official grid: deis-t, ddim-uniform, ddim-quad, diffusers-leading, diffusers-trailing, diffusers-linspace, ersde-guided (default: the solver's)."),
         opt: List[str] = typer.Option([], "--opt", help="Solver option key=value (repeatable); see `bench solvers -v`."),
         preset: Optional[str] = typer.Option(None, "--preset", help="Official protocol preset (solver, options, grid, final step, noise; see `bench presets`); explicit options override it."),
         final_step: Optional[str] = typer.Option(None, "--final-step", help="zero (default: last step to sigma 0), none (stop at the last grid sigma) or denoise (one more counted D call there)."),

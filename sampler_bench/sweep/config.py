@@ -246,6 +246,8 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     return {
         "name": name,
         "preset": None if preset is None else preset.name,
+        # the series name: the preset's, with the solver when the entry picks another one
+        "preset_base": name if preset is None else (preset.name if name == preset.solver else f"{preset.name} {name}"),
         "preset_opts": set() if preset is None else set(preset.opts_for(name)) - set(entry.get("opts") or {}),
         "final_step": final_step,
         "explicit_final_step": "final_step" in entry,
@@ -409,7 +411,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
             spec = get_solver(s["name"])
             for opts in s["grid"]:
                 for sched in (s["schedules"] if s["schedules"] is not None else schedules):
-                    base = s["label"] or s["preset"] or s["name"]
+                    base = s["label"] or s["preset_base"]
                     shown_opts = {k: v for k, v in opts.items() if k not in s["preset_opts"]}  # a preset's own options are in its name
                     shown = base if (s["label"] and not s["multi"]) else (
                         base + "".join(f"-{_slug(k)}{_slug(_fmt_value(v))}" for k, v in shown_opts.items()))
