@@ -285,3 +285,30 @@ def test_sweep_entries_take_presets_final_step_and_a_model_filter(tmp_path):
         cfg.write_text(f"models: [{{model: gaussian, label: a}}]\n{body}\nnfe: [5]\n")
         with pytest.raises(BenchError, match=msg):
             load_sweep(cfg)
+
+
+def test_edm_generate_compare_script_finds_identical_and_differing_images(tmp_path):
+    """scripts/edm_generate_compare.py (for a GPU runner with EDM's generate.py): EDM's file layout."""
+    import importlib.util
+    from pathlib import Path
+
+    from sampler_bench.fileio import write_png
+
+    spec = importlib.util.spec_from_file_location("cmp", Path(__file__).resolve().parents[1] / "scripts" / "edm_generate_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "ours"
+    assert runner.invoke(app, ["sample", "--preset", "edm-generate", "--model", GMM, "--nfe", "5", "--seeds", "998-1001",
+                               "--out", str(run), "--metrics", "none"]).exit_code == 0
+    images = np.load(run / "samples.npz")["images"]
+    edm = tmp_path / "edm"
+    for img, seed in zip(images, range(998, 1002)):  # EDM --subdirs layout
+        write_png(edm / f"{seed - seed % 1000:06d}" / f"{seed:06d}.png", img)
+    assert mod.compare(run, edm) == {"compared": 4, "identical": 4, "max_level_diff": 0, "missing": []}
+    bad = images[1].copy()
+    bad[0, 0, 0] ^= 8
+    write_png(edm / "000000" / "000999.png", bad)
+    (edm / "001000" / "001001.png").unlink()
+    r = mod.compare(run, edm)
+    assert r == {"compared": 3, "identical": 2, "max_level_diff": 8, "missing": [1001]}
+    assert mod.main([str(run), str(edm)]) == 1
