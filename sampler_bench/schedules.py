@@ -191,12 +191,20 @@ def make_schedule(text: str, n_steps: int, model, final_step: str = "zero") -> t
     endpoint = params.pop("endpoint", spec.endpoint)
     if endpoint not in (0, 1):
         raise BenchError(f"schedule parameter endpoint={endpoint} is not valid; use 1 (default) or 0 (the DEIS grid layout).")
+    def points(m):
+        pts = as_f64(spec.fn(m, model, **params))
+        if len(pts) == m + 1 and float(pts[-1]) == 0.0:  # a schedule written for the older contract (points, then 0)
+            pts = pts[:-1]
+        if len(pts) != m:
+            raise RuntimeError(f"schedule {name} returned {len(pts)} points for {m}")
+        return pts
+
     if final_step == "zero":
-        pts = spec.fn(n_steps, model, **params) if endpoint else spec.fn(n_steps + 1, model, **params)[:-1]
-        sig = torch.cat([as_f64(pts), torch.zeros(1, dtype=F64)])
+        pts = points(n_steps) if endpoint else points(n_steps + 1)[:-1]
+        sig = torch.cat([pts, torch.zeros(1, dtype=F64)])
         pos = sig[:-1]
     else:
-        sig = as_f64(spec.fn(n_steps + 1, model, **params))
+        sig = points(n_steps + 1)
         pos = sig
     if not bool((pos > 0).all()) or not bool((sig[:-1] - sig[1:] > 0).all()):
         raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; use fewer steps or another schedule.")

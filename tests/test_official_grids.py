@@ -135,3 +135,19 @@ def test_named_grids_refuse_the_wrong_kind_of_model():
             make_schedule(name, 5, _continuous())
     assert all(SCHEDULES[n].source for n in ("deis-t", "ddim-uniform", "ddim-quad", "diffusers-leading",
                                              "diffusers-trailing", "diffusers-linspace", "ersde-guided", "karras"))
+
+
+def test_a_schedule_written_for_the_older_contract_still_works():
+    """Older schedule functions returned their n points followed by 0; make_schedule drops that 0."""
+    from sampler_bench.schedules import ScheduleSpec
+
+    def old_style(n, model):
+        return torch.cat([torch.linspace(80.0, 1.0, n, dtype=F64), torch.zeros(1, dtype=F64)])
+
+    SCHEDULES["old-style-test"] = ScheduleSpec("old-style-test", old_style, {}, "test only")
+    try:
+        m = Gaussian(shape=(1, 2, 2), rank=1)
+        assert torch.equal(make_schedule("old-style-test", 4, m), old_style(4, m))
+        assert torch.equal(make_schedule("old-style-test", 4, m, "none"), old_style(5, m)[:-1])
+    finally:
+        del SCHEDULES["old-style-test"]
