@@ -153,6 +153,13 @@ def fie_curve(phis: list[str], nfes: list[int], schedule: str = "karras", model=
     return {p: [fie_total(grids[n], p, agg=agg, n_int=n_int) for n in nfes] for p in phis}
 
 
+def fie_per_step(phis: list[str], nfe: int, schedule: str = "karras", model=None, *, n_int: int = 0) -> dict[str, Any]:
+    """The per-step curve at one NFE: ``{"sigma": [sigma_i of each step], "fie": {phi: [|FIE_i|]}}``."""
+    phis = check_phis(phis)
+    sig = schedule_sigmas(schedule, check_nfes([nfe])[0], schedule_model(model))
+    return {"sigma": sig[:-1].tolist(), "fie": {p: np.abs(fie_steps(sig, p, n_int=n_int)).tolist() for p in phis}}
+
+
 def fie_table(phis: list[str], nfes: list[int], schedule: str = "karras", model=None, *, agg: str = "sum",
               n_int: int = 0) -> dict[str, Any]:
     """Everything ``bench fie`` writes: the curve, the per-step values at each NFE and the settings."""
