@@ -222,7 +222,7 @@ def test_presets_expand_as_documented():
 
 
 def test_bench_presets_lists_them_with_sources():
-    res = runner.invoke(app, ["presets", "-v"])
+    res = runner.invoke(app, ["presets"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     for name in PRESETS:

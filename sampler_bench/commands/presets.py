@@ -14,7 +14,7 @@ ORDER = 91  # position among the CLI's commands (cli._register_commands)
 def register(app: typer.Typer) -> None:
     @app.command("presets")
     @user_errors
-    def presets(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print each preset's source (the official code or paper setting).")):
+    def presets():
         """List the protocol presets (`bench sample --preset NAME`, `preset:` in sweeps) with what they expand to."""
         from sampler_bench.presets import PRESETS
 
@@ -23,6 +23,6 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, overflow="fold")
         for p in PRESETS.values():
             opts = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.opts.items()) or "-"
-            desc = p.summary + (f"\n  source: {p.source}" if verbose else "")
+            desc = f"{p.summary}\n  source: {p.source}"
             table.add_row(p.name, p.solver, opts, p.schedule, p.final_step, p.noise, desc)
         _print_unwrapped(table)
