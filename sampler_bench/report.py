@@ -261,18 +261,32 @@ def plot_fie(records: list[dict[str, Any]], base: Path, files: list[Path], notes
     except (BenchError, ValueError, KeyError) as exc:
         notes.append(f"no FIE plot: {exc}")
         return False
-    fig = _figure(6.4, 4.2)
-    ax = fig.add_subplot()
-    for phi, vals in curves.items():
+    import sampler_bench.metrics.fie as fie_api
+
+    per_step = getattr(fie_api, "fie_per_step", None)
+    steps = per_step(phis, nfes[-1], schedule=schedule or "karras", model=model) if per_step else None
+    fig = _figure(11.0 if steps else 6.4, 4.2)
+    ax_step, ax = fig.subplots(1, 2) if steps else (None, fig.add_subplot())
+    for phi, vals in curves.items():  # left: the per-step curve (no aggregation choice); right: our sum vs NFE
+        if steps:
+            ax_step.plot(steps["sigma"], steps["fie"][phi], marker=".", markersize=3, label=str(phi))
         ax.plot(nfes, list(vals), marker="o", markersize=4, label=str(phi))
+    if steps:
+        ax_step.set_xscale("log")
+        ax_step.set_yscale("log")
+        ax_step.invert_xaxis()
+        ax_step.set_xlabel(f"sigma at the start of the step (NFE = {nfes[-1]})")
+        ax_step.set_ylabel("|FIE| of the step")
+        ax_step.set_title("per-step FIE (our definition)", fontsize="medium")
+        ax_step.grid(True, which="major", alpha=0.3)
+        ax_step.legend(fontsize="small")
     _nfe_axis(ax, nfes)
     vals_all = [v for vals in curves.values() for v in vals if v is not None and math.isfinite(v)]
     if vals_all and min(vals_all) > 0 and max(vals_all) / min(vals_all) >= 10:
         ax.set_yscale("log")
-    ax.set_ylabel("FIE coefficient")
+    ax.set_ylabel("sum of |FIE| over steps (our aggregation)")
     ax.set_title(f"FIE vs NFE ({schedule or 'karras'} schedule)", fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small")
     _save(fig, base, files)
     return True
 

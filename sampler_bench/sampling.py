@@ -3,7 +3,11 @@
 - Per-sample seeds (as EDM's ``StackedRandomGenerator``): sample i draws its latent, then its class
   label (if random), then every stochastic-solver noise from its own ``torch.Generator`` seeded with
   its seed, so it is bit-identical whatever the batch size. Latents are drawn in float32 (as EDM's
-  ``generate.py``), the state is float64.
+  ``generate.py``), the state is float64. This is the noise stream ``edm-generate``
+  (``RunConfig.noise``, :data:`NOISE_STREAMS`); each solver draws where its reference draws
+  (README "Reproducing the papers").
+- ``RunConfig.final_step`` (``zero|none|denoise``, solvers/__init__.py) shapes the schedule and the
+  last call; ``RunConfig.preset`` names the protocol preset the fields were expanded from.
 - Images are quantised once, as EDM saves them: ``(x * 127.5 + 128).clip(0, 255).to(uint8)``; that
   uint8 tensor is what is saved and what metric consumers (FID) see.
 - The run directory is built under a temporary name and renamed when complete.
@@ -31,7 +35,7 @@ from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
 from sampler_bench.schedules import make_schedule
-from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
+from sampler_bench.solvers import check_final_step, get_solver, parse_opts, run_solver, steps_for_nfe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +76,9 @@ class RunConfig:
     fid_ref: str | None = None
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
+    final_step: str = "zero"  # zero | none | denoise (solvers/__init__.py)
+    noise: str = "edm-generate"  # the noise stream (NOISE_STREAMS)
+    preset: str | None = None  # the protocol preset these fields were expanded from (presets.py)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
@@ -79,6 +86,10 @@ class RunConfig:
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
+        # fields at their defaults are left out, so runs recorded before these fields existed still match
+        for k, default in (("final_step", "zero"), ("noise", "edm-generate"), ("preset", None)):
+            if d.get(k) == default:
+                d.pop(k)
         return d
 
 
@@ -106,6 +117,20 @@ class SeededNoise:
         return torch.stack([torch.randn(self.shape, generator=g, device=self.device, dtype=F64) for g in self.generators])
 
 
+#: noise streams a run can name (``RunConfig.noise``): name -> what it is. ``edm-generate``: one
+#: torch.Generator per sample seeded with its seed, latent (float32), label, then each solver draw
+#: (float64, shaped like one sample) in order, as EDM's generate.py StackedRandomGenerator.
+NOISE_STREAMS: dict[str, str] = {
+    "edm-generate": "per-sample torch.Generator (EDM generate.py StackedRandomGenerator): latent, label, then every solver draw",
+}
+
+
+def check_noise(name: str) -> str:
+    if name not in NOISE_STREAMS:
+        raise BenchError(f"noise stream '{name}' is not known; use one of {', '.join(NOISE_STREAMS)}.")
+    return name
+
+
 @dataclass
 class Plan:
     """A validated run: model, solver, options, schedule; built before anything is written."""
@@ -119,6 +144,7 @@ class Plan:
     sigmas: torch.Tensor
     device: torch.device
     label_mode: str | int | None
+    final_step: str = "zero"
 
 
 def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
@@ -128,18 +154,24 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
         raise BenchError(f"--batch must be a positive integer; got {cfg.batch}.")
     if not cfg.seeds:
         raise BenchError("no seeds given; use --seeds 0-63 or --num 64.")
+    check_final_step(cfg.final_step)
+    check_noise(cfg.noise)
+    if cfg.preset is not None:
+        from sampler_bench.presets import get_preset
+
+        get_preset(cfg.preset)
     device = resolve_device(cfg.device)
     if dist is not None:
         device = distributed.local_device(device, dist)
     spec = get_solver(cfg.solver)
     opts = parse_opts(spec, cfg.opts)
-    steps = steps_for_nfe(spec, cfg.nfe, opts)
+    steps = steps_for_nfe(spec, cfg.nfe, opts, cfg.final_step)
     if model is None:
         model = load_model(cfg.model, device)
     if spec.needs_time_map and model.time_map is None:
         raise BenchError(f"solver '{spec.name}' works in the model's native VP time, and model '{cfg.model}' has none; use a rho-space solver (e.g. deis-rhoab3) instead.")
     schedule = cfg.schedule or spec.schedule_for(model)
-    sigmas = make_schedule(schedule, steps, model).to(device)
+    sigmas = make_schedule(schedule, steps, model, cfg.final_step).to(device)
     label_mode: str | int | None
     if cfg.class_label is None:
         label_mode = "random" if model.label_required else None
@@ -154,7 +186,7 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
             raise BenchError(f"--class-label '{cfg.class_label}' is not a class index; use 0..{model.num_classes - 1} or 'random'.") from None
         if not 0 <= label_mode < model.num_classes:
             raise BenchError(f"--class-label {label_mode} is out of range for model '{cfg.model}'; use 0..{model.num_classes - 1} or 'random'.")
-    return Plan(cfg, model, spec, opts, steps, schedule, sigmas, device, label_mode)
+    return Plan(cfg, model, spec, opts, steps, schedule, sigmas, device, label_mode, cfg.final_step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +210,7 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
     bound = BoundDenoiser(model, labels)
     with torch.inference_mode(not getattr(model, "needs_grad", False)):
         x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                       noise=SeededNoise(gens, shape, dev), opts=plan.opts)
+                       noise=SeededNoise(gens, shape, dev), opts=plan.opts, final_step=plan.final_step)
     if not bool(torch.isfinite(x).all()):
         raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
     batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
@@ -192,6 +224,21 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
         if on_progress:
             on_progress(len(batch.seeds))
         yield batch, calls
+
+
+def preset_record(cfg: RunConfig) -> dict[str, Any] | None:
+    """Which preset the run came from, what it expands to, and which fields the run set otherwise."""
+    if cfg.preset is None:
+        return None
+    from sampler_bench.presets import get_preset
+
+    p = get_preset(cfg.preset)
+    exp = p.expansion()
+    used = {"solver": cfg.solver, "schedule": cfg.schedule, "final_step": cfg.final_step, "noise": cfg.noise}
+    differs = [k for k, v in used.items() if v != exp[k]]
+    differs += [f"opts.{k}" for k in sorted(set(exp["opts"]) | set(cfg.opts))
+                if k not in exp["opts"] or k not in cfg.opts or canonical_opts(cfg.solver, {k: cfg.opts[k]}) != canonical_opts(cfg.solver, {k: exp["opts"][k]})]
+    return {"name": p.name, "source": p.source, "expands_to": exp, "overridden": differs}
 
 
 def versions() -> dict[str, str]:
@@ -402,7 +449,8 @@ def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: lis
         "config": cfg.identity(),
         "resolved": {
             "solver": plan.spec.name, "family": plan.spec.family, "options": plan.opts,
-            "steps": plan.steps, "nfe_rule": plan.spec.nfe_rule, "schedule": plan.schedule,
+            "steps": plan.steps, "nfe_rule": plan.spec.rule(plan.final_step), "schedule": plan.schedule,
+            "final_step": plan.final_step, "noise": cfg.noise, "preset": preset_record(cfg),
             "sigmas": [float(s) for s in plan.sigmas.cpu()],
             "stochastic": plan.spec.is_stochastic(plan.opts),
             "class_labels": plan.label_mode, "model": plan.model.describe(),

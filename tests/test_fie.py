@@ -98,3 +98,13 @@ def test_cli_fie_end_to_end(tmp_path):
     for args in (["--phi", "ode,bogus"], ["--nfe", "10,abc"], ["--nfe", "0"], ["--agg", "mean"]):
         res = CliRunner().invoke(app, ["fie", "--out", str(tmp_path / "bad"), *args])
         assert res.exit_code == 2 and "error" in res.output and not (tmp_path / "bad").exists()
+
+
+def test_fie_per_step_is_the_abs_of_fie_steps_on_the_schedule():
+    from sampler_bench.metrics.fie import fie_per_step, fie_steps, schedule_sigmas
+
+    out = fie_per_step(["ode", "ersde5"], 10)
+    sig = schedule_sigmas("karras", 10)
+    assert out["sigma"] == sig[:-1].tolist() and len(out["fie"]["ode"]) == 10
+    assert out["fie"]["ersde5"] == np.abs(fie_steps(sig, "ersde5")).tolist()
+    assert out["fie"]["ode"][-1] == sig[-2]  # the step to sigma = 0 has FIE = -s

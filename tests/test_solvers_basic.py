@@ -88,8 +88,10 @@ def test_ddim_eta0_and_edm_churn0_are_deterministic_versions():
     model = GaussianMixture(num_classes=3, per_class=2, shape=(1, 8, 8), rank=4)
     z = torch.randn(3, *model.image_shape, generator=gen(3), dtype=F64)
     h, _, _ = _solve(model, "heun", 10, z)
-    e, _, _ = _solve(model, "edm", 10, z, {"S_churn": "0"})
+    drawn = []
+    e, _, _ = _solve(model, "edm", 10, z, {"S_churn": "0"}, noise=lambda *a: drawn.append(a) or torch.ones_like(z))
     assert torch.equal(h, e)
+    assert len(drawn) == 10  # edm_sampler draws on every step, also where gamma = 0 (times 0)
     g = gen(4)
     noise = lambda *a: torch.randn(z.shape, generator=g, dtype=F64)  # noqa: E731
     a, _, _ = _solve(model, "ddim", 10, z, {"eta": "1"}, noise=noise)
@@ -120,7 +122,8 @@ def test_edm_churn_raises_sigma_then_takes_a_heun_step(gauss):
     s, sn = 2.0, 0.7
     x = s * torch.randn(2, *gauss.image_shape, generator=gen(8), dtype=F64)
     z = torch.randn(x.shape, generator=gen(9), dtype=F64)
-    sig = torch.tensor([s, sn], dtype=F64)
+    sig = torch.tensor([s, sn, 0.0], dtype=F64)[[0, 2]]  # one step, the final one (to sigma = 0)
+    sn = 0.0
     fn = get_solver("edm").fn
     out = fn(BoundDenoiser(gauss), x, sig, noise=lambda *a: z, S_churn=0.3, S_min=0.0, S_max=10.0, S_noise=1.01)
     s_hat = s * 1.3
@@ -128,8 +131,8 @@ def test_edm_churn_raises_sigma_then_takes_a_heun_step(gauss):
     d = (x_hat - gauss.denoise(x_hat, torch.tensor(s_hat, dtype=F64))) / s_hat
     euler = x_hat + (sn - s_hat) * d  # a single step is the final one: no Heun correction
     assert torch.allclose(out, euler, rtol=0, atol=1e-13)
-    # outside [S_min, S_max] there is no churn and no noise is drawn
-    out2 = fn(BoundDenoiser(gauss), x, sig, noise=None, S_churn=0.3, S_min=0.0, S_max=1.0, S_noise=1.01)
+    # outside [S_min, S_max] there is no churn: the draw (made anyway, as edm_sampler) is multiplied by 0
+    out2 = fn(BoundDenoiser(gauss), x, sig, noise=lambda *a: z, S_churn=0.3, S_min=0.0, S_max=1.0, S_noise=1.01)
     assert torch.allclose(out2, x + (sn - s) * (x - gauss.denoise(x, torch.tensor(s, dtype=F64))) / s, rtol=0, atol=1e-13)
     # gamma is capped at sqrt(2) - 1
     out3 = fn(BoundDenoiser(gauss), x, sig, noise=lambda *a: z, S_churn=5.0, S_min=0.0, S_max=10.0, S_noise=1.0)

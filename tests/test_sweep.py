@@ -355,7 +355,9 @@ def test_shipped_configs_validate_with_dry_run(config, tmp_path):
 
     raw = yaml.safe_load((ROOT / "configs" / config).read_text())
     def name(s):
-        return s if isinstance(s, str) else s["name"]
+        from sampler_bench.presets import get_preset
+
+        return s if isinstance(s, str) else s.get("name") or get_preset(s["preset"]).solver
     raw["solvers"] = [s for s in raw["solvers"] if name(s) in REGISTRY or not name(s).startswith(INCOMING)]
     path = tmp_path / config
     path.write_text(yaml.safe_dump(raw))

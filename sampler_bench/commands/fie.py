@@ -1,4 +1,4 @@
-"""`bench fie`: the ER-SDE paper's FIE coefficient vs NFE for several noise-scale functions."""
+"""`bench fie`: an FIE coefficient (our definition, see metrics/fie.py) per step and vs NFE for several noise-scale functions."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         agg: str = typer.Option("sum", "--agg", help="How steps combine: sum (default) or max of |FIE_i|."),
         n_int: int = typer.Option(0, "--n-int", help="0: exact integral; N: the official N-point Riemann sum."),
     ):
-        """Compute the ER-SDE FIE coefficient vs NFE (paper Fig. 3a / Fig. 5): table and plot, no model calls."""
+        """Compute an FIE coefficient (our definition, derived from the ER-SDE solution) per step and vs NFE: table and plot, no model calls."""
         from sampler_bench.fileio import write_bytes, write_json, write_text
         from sampler_bench.metrics import fie as F
 

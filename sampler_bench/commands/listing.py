@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
             desc = s.summary
             if verbose and s.options:
                 desc += "\n  " + "\n  ".join(f"{k}={o.default!r}: {o.help}" for k, o in s.options.items())
-            table.add_row(s.name, s.nfe_rule, kind, s.default_schedule, desc)
+            rule = s.nfe_rule if s.rule("none") == s.nfe_rule else f"{s.nfe_rule} (ending above 0: {s.rule('none')})"
+            table.add_row(s.name, rule, kind, s.default_schedule, desc)
         _print_unwrapped(table)
 
     @app.command("models")

@@ -23,15 +23,18 @@ def register(app: typer.Typer) -> None:
     @app.command("sample")
     @user_errors
     def sample(
-        solver: str = typer.Option(..., "--solver", "-s", help="Solver name (see `bench solvers`)."),
+        solver: Optional[str] = typer.Option(None, "--solver", "-s", help="Solver name (see `bench solvers`); required unless --preset gives it."),
         nfe: int = typer.Option(..., "--nfe", "-n", help="Exact number of denoiser calls per sample."),
         out: Path = typer.Option(..., "--out", "-o", help="Run directory to create (samples.npz, grid.png, run.json)."),
         model: str = typer.Option("gmm", "--model", "-m", help="Model name (see `bench models`), NAME:key=value,..., or a checkpoint path."),
         seeds: Optional[str] = typer.Option(None, "--seeds", help="Per-sample seeds, e.g. 0-63 or 0,5,10-19 (default 0-63)."),
         num: Optional[int] = typer.Option(None, "--num", help="Number of samples, seeds 0..num-1 (instead of --seeds)."),
         batch: int = typer.Option(32, "--batch", "-b", help="Batch size (does not change the samples)."),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="Step schedule NAME[:k=v,...]: karras, time-uniform, time-quadratic, time-poly, logsnr, discrete-uniform (default: the solver's)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="Step schedule NAME[:k=v,...]: karras, time-uniform, time-quadratic, time-poly, logsnr, discrete-uniform, or an official grid: deis-t, ddim-uniform, ddim-quad, diffusers-leading, diffusers-trailing, diffusers-linspace, ersde-guided (default: the solver's)."),
         opt: List[str] = typer.Option([], "--opt", help="Solver option key=value (repeatable); see `bench solvers -v`."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="Official protocol preset (solver, options, grid, final step, noise; see `bench presets`); explicit options override it."),
+        final_step: Optional[str] = typer.Option(None, "--final-step", help="zero (default: last step to sigma 0), none (stop at the last grid sigma) or denoise (one more counted D call there)."),
+        noise: Optional[str] = typer.Option(None, "--noise", help="Noise stream (default edm-generate: per-sample generators as EDM's generate.py)."),
         class_label: Optional[str] = typer.Option(None, "--class-label", help="Class index for conditional models, or 'random' (per-sample seeded)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
@@ -43,6 +46,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.metrics import parse_metrics
+        from sampler_bench.presets import expand
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
         from sampler_bench.solvers import split_opt_args
 
@@ -51,9 +55,12 @@ def register(app: typer.Typer) -> None:
         if num is not None and num < 1:
             raise BenchError(f"--num must be a positive integer; got {num}.")
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
-        cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
-                        opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
-                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
+        run = expand(preset, solver=solver, opts=split_opt_args(opt), schedule=schedule, final_step=final_step, noise=noise)
+        solver = run["solver"]
+        cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=run["schedule"],
+                        opts=run["opts"], class_label=class_label, device=device, fid_ref=fid,
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics),
+                        final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset)
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
@@ -75,6 +82,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:
             console.print(f"wrote {rec['num_images']} samples to {out} "
-                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
+                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']}"
+                          + (f", final step {rec['resolved']['final_step']}" if rec['resolved'].get('final_step', 'zero') != 'zero' else "")
+                          + (f", preset {rec['resolved']['preset']['name']}" if rec['resolved'].get('preset') else "") + ")",
                           soft_wrap=True)
         print_metrics(rec.get("metrics") or {})

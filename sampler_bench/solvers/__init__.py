@@ -13,6 +13,22 @@ A solver is a plain function
 Each :class:`SolverSpec` states its NFE rule ``nfe(steps, options)``; :func:`steps_for_nfe` turns
 ``--nfe N`` into a number of steps, or raises a :class:`BenchError` that names the nearest valid NFEs.
 :func:`run_solver` checks the counted denoiser calls against the rule.
+
+**Final step** (``final_step``, one of :data:`FINAL_STEPS`), handled here and in
+``schedules.make_schedule`` so that every family gets it for free:
+
+- ``zero`` (default): the schedule ends at sigma = 0 and the solver's own last step lands there
+  (EDM, DDIM, ER-SDE's EDM example). Calls: ``nfe(steps, opts)``.
+- ``none``: the schedule ends at its last positive sigma and the solver's state there is returned
+  (the official DEIS code, ER-SDE's guided-diffusion code). Calls: ``nfe_above0(steps, opts)``.
+- ``denoise``: as ``none``, then one more counted call ``x <- D(x, sigma_last)`` (DPM-Solver-style
+  ``denoise_to_zero``). Calls: ``nfe_above0(steps, opts) + 1``.
+
+Contract for a family: its function must integrate a grid that ends above 0 with regular steps
+(a special step is only allowed where ``sigmas[i + 1] == 0``), and a family whose call count then
+differs from ``nfe`` sets ``nfe_above0`` (and ``nfe_rule_above0`` for the listing), e.g. rhoRK:
+``stages * steps`` instead of ``stages * (steps - 1) + 1``. When ``nfe_above0`` is absent the
+``nfe`` rule applies to both kinds of grid.
 """
 
 from __future__ import annotations
@@ -78,6 +94,21 @@ class SolverSpec:
     stochastic: bool | Callable[[Mapping[str, Any]], bool] = False
     needs_time_map: bool = False
     default_schedule: str = "karras"  # schedules.py names, "a|b": the first the model supports
+    nfe_above0: Callable[[int, Mapping[str, Any]], int] | None = None  # on a grid ending above 0; None: ``nfe``
+    nfe_rule_above0: str | None = None
+
+    def calls(self, steps: int, opts: Mapping[str, Any], final_step: str = "zero") -> int:
+        """Denoiser calls of ``steps`` steps under a final-step policy (see the module docstring)."""
+        if final_step == "zero":
+            return self.nfe(steps, opts)
+        n = (self.nfe_above0 or self.nfe)(steps, opts)
+        return n + (1 if final_step == "denoise" else 0)
+
+    def rule(self, final_step: str = "zero") -> str:
+        if final_step == "zero":
+            return self.nfe_rule
+        rule = self.nfe_rule_above0 or self.nfe_rule
+        return f"{rule} + 1" if final_step == "denoise" else rule
 
     def is_stochastic(self, opts: Mapping[str, Any]) -> bool:
         return self.stochastic(opts) if callable(self.stochastic) else bool(self.stochastic)
@@ -93,6 +124,16 @@ class SolverSpec:
 
 
 REGISTRY: dict[str, SolverSpec] = {}
+
+#: final-step policies (module docstring): zero = step to sigma 0, none = stop at the last grid
+#: sigma, denoise = stop there and return one extra D call
+FINAL_STEPS = ("zero", "none", "denoise")
+
+
+def check_final_step(final_step: str) -> str:
+    if final_step not in FINAL_STEPS:
+        raise BenchError(f"final step '{final_step}' is not valid; use one of {', '.join(FINAL_STEPS)}.")
+    return final_step
 
 
 def register(spec: SolverSpec) -> SolverSpec:
@@ -141,14 +182,16 @@ def parse_opts(spec: SolverSpec, raw: Iterable[str] | Mapping[str, Any] | None) 
     return out
 
 
-def steps_for_nfe(spec: SolverSpec, nfe: int, opts: Mapping[str, Any]) -> int:
+def steps_for_nfe(spec: SolverSpec, nfe: int, opts: Mapping[str, Any], final_step: str = "zero") -> int:
     """The number of steps whose NFE is exactly ``nfe``, or a BenchError naming the nearest valid NFEs."""
-    lo_nfe = spec.nfe(spec.min_steps, opts)
+    check_final_step(final_step)
+    rule = spec.rule(final_step) + ("" if final_step == "zero" else f", final step {final_step}")
+    lo_nfe = spec.calls(spec.min_steps, opts, final_step)
     if nfe < lo_nfe:
-        raise BenchError(f"solver '{spec.name}' needs at least {lo_nfe} NFE (NFE = {spec.nfe_rule}); use --nfe {lo_nfe} or more.")
+        raise BenchError(f"solver '{spec.name}' needs at least {lo_nfe} NFE (NFE = {rule}); use --nfe {lo_nfe} or more.")
     below = above = None
     for steps in range(spec.min_steps, nfe + 2):
-        n = spec.nfe(steps, opts)
+        n = spec.calls(steps, opts, final_step)
         if n == nfe:
             return steps
         if n < nfe:
@@ -157,15 +200,29 @@ def steps_for_nfe(spec: SolverSpec, nfe: int, opts: Mapping[str, Any]) -> int:
             above = n
             break
     near = " or ".join(str(v) for v in (below, above) if v is not None)
-    raise BenchError(f"solver '{spec.name}' cannot use exactly {nfe} NFE (NFE = {spec.nfe_rule}); the nearest valid values are {near}.")
+    raise BenchError(f"solver '{spec.name}' cannot use exactly {nfe} NFE (NFE = {rule}); the nearest valid values are {near}.")
 
 
-def run_solver(spec: SolverSpec, denoise, x, sigmas, *, noise, opts: Mapping[str, Any]) -> torch.Tensor:
-    """Run a solver and check that the counted denoiser calls equal its NFE rule."""
+def run_solver(spec: SolverSpec, denoise, x, sigmas, *, noise, opts: Mapping[str, Any],
+               final_step: str | None = None) -> torch.Tensor:
+    """Run a solver under a final-step policy and check the counted denoiser calls against its rule.
+
+    ``final_step`` None: ``zero`` when ``sigmas`` ends at 0, else ``none``. ``denoise`` adds one
+    call ``D(x, sigmas[-1])`` after the solver on a grid that ends above 0.
+    """
     steps = len(sigmas) - 1
-    expected = spec.nfe(steps, opts)
+    ends_at_zero = float(sigmas[-1]) == 0.0
+    if final_step is None:
+        final_step = "zero" if ends_at_zero else "none"
+    check_final_step(final_step)
+    if ends_at_zero != (final_step == "zero"):
+        where = "ends at sigma = 0" if ends_at_zero else f"ends at sigma = {float(sigmas[-1]):.6g} > 0"
+        raise BenchError(f"final step '{final_step}' does not fit a schedule that {where}; build the schedule with the same final_step.")
+    expected = spec.calls(steps, opts, final_step)
     before = denoise.calls
     out = spec.fn(denoise, x, sigmas, noise=noise, **spec.fixed, **opts)
+    if final_step == "denoise":
+        out = denoise(out, sigmas[-1])
     used = denoise.calls - before
     if used != expected:
         raise RuntimeError(f"solver {spec.name} made {used} denoiser calls, its NFE rule says {expected}")

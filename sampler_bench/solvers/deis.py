@@ -35,7 +35,8 @@ Final step to sigma = 0 (the official code stops at t_0 > 0 and never reaches it
   t = 0 (continuous VP: sigma ~ sqrt(t)) and a discrete model's sigma(t) does not reach 0.
 - rhoRK takes it as one Euler step, which returns D(x, sigma_{N-1}) (as EDM's Heun does): a stage
   at sigma = 0 cannot be evaluated. NFE = stages * (steps - 1) + 1.
-A schedule that ends above 0 is integrated with regular steps throughout (NFE = stages * steps).
+A schedule that ends above 0 (``final_step`` none/denoise, the official protocol) is integrated with
+regular steps throughout: rhoRK's rule is then NFE = stages * steps (``nfe_above0``).
 """
 
 from __future__ import annotations
@@ -252,6 +253,8 @@ for _name, _off in ((v, k) for k, v in RK_OFFICIAL.items()):
         name=f"deis-rhork-{_name}", fn=deis_rhork, family="deis",
         nfe=(lambda steps, opts, _st=_st: _st * (steps - 1) + 1),
         nfe_rule=f"{_st}*(steps - 1) + 1" if _st > 1 else "steps",
+        nfe_above0=(lambda steps, opts, _st=_st: _st * steps),  # full RK steps on a grid ending above 0
+        nfe_rule_above0=f"{_st}*steps" if _st > 1 else "steps",
         summary=f"rhoRK-DEIS, official '{_off}' tableau ({_st} stage{'s' if _st > 1 else ''}, order {RK_ORDER[_name]}); Euler last step to sigma=0",
         fixed={"method": _name}, default_schedule="time-poly|karras",
     ))

@@ -2,7 +2,15 @@
 
 Both take the schedule as given (EDM's is ``karras``, rho = 7) and take a second-order Heun
 correction on every step except the last one, to sigma = 0, where the Euler step already returns
-D. NFE = 2 * steps - 1, as in EDM's ``generate.py``.
+D. NFE = 2 * steps - 1, as in EDM's ``generate.py``. EDM's code skips the correction by index
+(``i < num_steps - 1``) on a grid that always ends at 0; we skip it where ``sigma_next == 0`` (the
+same steps on every EDM grid), so a grid that ends above 0 (``final_step`` none/denoise) gets
+full Heun steps throughout: NFE = 2 * steps there.
+
+Noise (Algorithm 2): EDM's ``edm_sampler`` calls ``randn_like`` on every step, also where gamma = 0
+(the draw is multiplied by 0). We draw on every step too, one N(0, I) per sample per step in
+float64 from the sample's own generator, so with the ``edm-generate`` noise stream a seed gives
+EDM's ``generate.py`` image for that seed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ def heun(denoise, x, sigmas, *, noise=None):
         s, s_next = sigmas[i], sigmas[i + 1]
         d = (x - denoise(x, s)) / s
         x_next = x + (s_next - s) * d
-        if i < n - 1:  # 2nd-order correction except on the final step to sigma = 0
+        if s_next > 0:  # 2nd-order correction except on the final step to sigma = 0
             d_prime = (x_next - denoise(x_next, s_next)) / s_next
             x_next = x + (s_next - s) * (0.5 * d + 0.5 * d_prime)
         x = x_next
@@ -33,11 +41,11 @@ def edm_stochastic(denoise, x, sigmas, *, noise, S_churn=0.0, S_min=0.0, S_max=f
         s, s_next = sigmas[i], sigmas[i + 1]
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= float(s) <= S_max else 0.0
         s_hat = denoise.round_sigma(s + gamma * s)
-        if s_hat > s:
-            x = x + (s_hat**2 - s**2).sqrt() * S_noise * noise(s, s_hat)
+        # drawn on every step, also where gamma = 0, exactly as edm_sampler (keeps the per-seed streams aligned)
+        x = x + (s_hat**2 - s**2).sqrt() * S_noise * noise(s, s_hat)
         d = (x - denoise(x, s_hat)) / s_hat
         x_next = x + (s_next - s_hat) * d
-        if i < n - 1:
+        if s_next > 0:
             d_prime = (x_next - denoise(x_next, s_next)) / s_next
             x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_prime)
         x = x_next
@@ -45,14 +53,17 @@ def edm_stochastic(denoise, x, sigmas, *, noise, S_churn=0.0, S_min=0.0, S_max=f
 
 
 _heun_nfe = lambda steps, opts: 2 * steps - 1  # noqa: E731
+_heun_nfe_above0 = lambda steps, opts: 2 * steps  # noqa: E731
 
 register(SolverSpec(
     name="heun", fn=heun, family="edm", nfe=_heun_nfe, nfe_rule="2*steps - 1",
+    nfe_above0=_heun_nfe_above0, nfe_rule_above0="2*steps",
     summary="EDM deterministic Heun, Karras et al. 2022 Alg. 1; order 2",
     default_schedule="karras",
 ))
 register(SolverSpec(
     name="edm", fn=edm_stochastic, family="edm", nfe=_heun_nfe, nfe_rule="2*steps - 1",
+    nfe_above0=_heun_nfe_above0, nfe_rule_above0="2*steps",
     summary="EDM stochastic sampler, Karras et al. 2022 Alg. 2 (S_churn, S_min, S_max, S_noise)",
     options={
         "S_churn": Option(float, 40.0, "total churn (EDM ImageNet setting: 40)", minimum=0.0),

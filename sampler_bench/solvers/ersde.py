@@ -217,9 +217,9 @@ def ersde(denoise, x, sigmas, *, noise=None, order: int = 3, phi: str | PhiFn = 
           eta: float = 0.0, d1: str = "official", trace: list | None = None):
     """ER-SDE-Solver-1/2/3 (Cui et al. 2023; official ``ve_*_order_taylor``/``vp_*_order_taylor``): Taylor steps of the exact ER SDE solution.
 
-    ``sigmas`` may end at sigma = 0 (first-order terminal step, x <- x0) or, from the Python API, at a
-    positive sigma (then the last step is a full-order stochastic step, as the official VP code does
-    at t = 0). ``trace``: if a list, one dict per step (order and coefficients) is appended to it.
+    ``sigmas`` may end at sigma = 0 (first-order terminal step, x <- x0) or at a positive sigma
+    (``final_step`` none/denoise; then the last step is a full-order stochastic step, as the official
+    VP code does at t = 0). ``trace``: if a list, one dict per step (order and coefficients) is appended to it.
     """
     if order not in (1, 2, 3):
         raise BenchError(f"ER-SDE order must be 1, 2 or 3; got {order}.")

@@ -10,13 +10,14 @@ from typing import Any
 
 from sampler_bench.errors import BenchError
 from sampler_bench.sampling import RunConfig, parse_seeds
+from sampler_bench.solvers import FINAL_STEPS
 
 TOP_KEYS = {
     "name": "sweep name (default: the file name)",
     "description": "free text",
     "out": "output directory (default: results/<name>)",
     "models": "list of model names, or mappings {model, label, class_label, fid, batch}",
-    "solvers": "list of solver names, or mappings {name, label, opts, nfe, schedule}",
+    "solvers": "list of solver names, or mappings {name, preset, label, opts, nfe, schedule, final_step, models}",
     "nfe": "list of NFE values",
     "seeds": "seed ranges such as 0-63 or a list of ints",
     "num": "number of samples (seeds 0..num-1), instead of seeds",
@@ -30,7 +31,7 @@ TOP_KEYS = {
     "gates": "list of quality gates {metric, max|min|max_vs_baseline|min_vs_baseline|max_vs_floor, noise, where} (bench check)",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
-SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule")
+SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
 METRIC_KEYS = ("fid", "names", "inception_weights")
 INVALID_NFE = ("skip", "error")
 
@@ -205,9 +206,10 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     for k in entry:
         if k not in SOLVER_KEYS:
             raise ctx.err(f"{key}.{k}", f"unknown key; allowed keys: {', '.join(SOLVER_KEYS)}.")
-    name = entry.get("name")
+    preset = _preset(ctx, key, entry)
+    name = entry.get("name", preset.solver if preset is not None else None)
     if not isinstance(name, str):
-        raise ctx.err(f"{key}.name", f"missing or not a string; use one of {', '.join(REGISTRY)}.")
+        raise ctx.err(f"{key}.name", f"missing or not a string; use one of {', '.join(REGISTRY)} (or a preset: key preset).")
     try:
         spec = get_solver(name)
     except BenchError:
@@ -215,6 +217,8 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     opts = entry.get("opts") or {}
     if not isinstance(opts, dict):
         raise ctx.err(f"{key}.opts", f"{opts!r} is not valid; use a mapping option: value (a list of values makes a grid axis).")
+    if preset is not None:
+        opts = {**preset.opts_for(name), **opts}  # the preset's options (those this solver has), overridden by the entry's
     axes: list[list[tuple[str, Any]]] = []
     for k, v in opts.items():
         if k not in spec.options:
@@ -232,14 +236,42 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     label = entry.get("label")
     if label is not None and not isinstance(label, (str, int, float)):
         raise ctx.err(f"{key}.label", f"{label!r} is not valid; use a short text.")
+    final_step = entry.get("final_step", preset.final_step if preset is not None else "zero")
+    if final_step not in FINAL_STEPS:
+        raise ctx.err(f"{key}.final_step", f"{final_step!r} is not valid; allowed values: {', '.join(FINAL_STEPS)}.")
+    only = entry.get("models")
+    if only is not None and (not isinstance(only, list) or not only or not all(isinstance(m, str) for m in only)):
+        raise ctx.err(f"{key}.models", f"{only!r} is not valid; use a list of model labels this entry runs on.")
+    schedules = _schedules(ctx, f"{key}.schedule", entry["schedule"]) if "schedule" in entry else (
+        [preset.schedule] if preset is not None else None)
     return {
         "name": name,
+        "preset": None if preset is None else preset.name,
+        # the series name: the preset's, with the solver when the entry picks another one
+        "preset_base": name if preset is None else (preset.name if name == preset.solver else f"{preset.name} {name}"),
+        "preset_opts": set() if preset is None else set(preset.opts_for(name)) - set(entry.get("opts") or {}),
+        "final_step": final_step,
+        "explicit_final_step": "final_step" in entry,
+        "schedule_from_preset": preset is not None and "schedule" not in entry,
+        "noise": preset.noise if preset is not None else "edm-generate",
+        "models": only,
         "label": None if label is None else str(label),
         "grid": [dict(c) for c in itertools.product(*axes)] if axes else [{}],
         "multi": any(len(a) > 1 for a in axes),
         "nfe": _nfe_list(ctx, f"{key}.nfe", entry["nfe"]) if "nfe" in entry else None,
-        "schedules": _schedules(ctx, f"{key}.schedule", entry["schedule"]) if "schedule" in entry else None,
+        "schedules": schedules,
     }
+
+
+def _preset(ctx: _Ctx, key: str, entry: dict[str, Any]):
+    from sampler_bench.presets import PRESETS, get_preset
+
+    if "preset" not in entry:
+        return None
+    try:
+        return get_preset(str(entry["preset"]))
+    except BenchError:
+        raise ctx.err(f"{key}.preset", f"unknown preset {entry['preset']!r}; allowed: {', '.join(PRESETS)} (`bench presets`).") from None
 
 
 def _model_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
@@ -310,6 +342,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
             raise ctx.err(req, f"missing or empty; give a list ({TOP_KEYS[req]}).")
     models = [_model_entry(ctx, f"models[{i}]", m) for i, m in enumerate(raw["models"])]
     solvers = [_solver_entry(ctx, f"solvers[{i}]", s) for i, s in enumerate(raw["solvers"])]
+    labels = [m["label"] for m in models]
+    for i, s in enumerate(solvers):
+        for j, lab in enumerate(s["models"] or []):
+            if lab not in labels:
+                raise ctx.err(f"solvers[{i}].models[{j}]", f"no model has the label '{lab}'; use one of {', '.join(labels)}.")
     nfes = _nfe_list(ctx, "nfe", raw["nfe"]) if "nfe" in raw else None
     if nfes is None and any(s["nfe"] is None for s in solvers):
         raise ctx.err("nfe", "missing; give a list of NFE values (or an nfe list in every solver entry).")
@@ -373,15 +410,21 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
             raise ctx.err(f"models[{mi}]", f"model '{m['label']}' appears twice; give each entry its own label.")
         model_slugs[m["label"]] = mslug
         for si, s in enumerate(solvers):
+            if s["models"] is not None and m["label"] not in s["models"]:
+                continue
             spec = get_solver(s["name"])
             for opts in s["grid"]:
                 for sched in (s["schedules"] if s["schedules"] is not None else schedules):
-                    base = s["label"] or s["name"]
+                    base = s["label"] or s["preset_base"]
+                    shown_opts = {k: v for k, v in opts.items() if k not in s["preset_opts"]}  # a preset's own options are in its name
                     shown = base if (s["label"] and not s["multi"]) else (
-                        base + "".join(f"-{_slug(k)}{_slug(_fmt_value(v))}" for k, v in opts.items()))
+                        base + "".join(f"-{_slug(k)}{_slug(_fmt_value(v))}" for k, v in shown_opts.items()))
                     series = s["label"] if (s["label"] and not s["multi"]) else (
-                        base + (" (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in opts.items()) + ")" if opts else ""))
-                    if sched is not None:
+                        base + (" (" + ", ".join(f"{k}={_fmt_value(v)}" for k, v in shown_opts.items()) + ")" if shown_opts else ""))
+                    if s["explicit_final_step"] and not s["label"]:
+                        shown += f"-final{s['final_step']}"
+                        series += f" final_step={s['final_step']}"
+                    if sched is not None and not s["schedule_from_preset"]:  # a preset's grid is in its name
                         shown += "@" + _slug(sched)
                         series += f" [{sched}]"
                     for nfe in (s["nfe"] if s["nfe"] is not None else nfes):
@@ -398,10 +441,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                         cfg = RunConfig(model=m["model"], solver=s["name"], nfe=nfe, seeds=list(seeds),
                                         batch=m.get("batch", batch), schedule=sched, opts=dict(opts),
                                         class_label=m.get("class_label", class_label), device=device,
-                                        fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights)
+                                        fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
+                                        final_step=s["final_step"], noise=s["noise"], preset=s["preset"])
                         reason = None
                         try:
-                            steps_for_nfe(spec, nfe, spec_opts(spec, opts))
+                            steps_for_nfe(spec, nfe, spec_opts(spec, opts), s["final_step"])
                         except BenchError as exc:
                             if policy == "error":
                                 raise BenchError(f"{src}: cell '{cid}': {exc} Set on_invalid_nfe: skip, or give this solver its own nfe list.") from None

@@ -45,7 +45,8 @@ def _base_record(sweep: Sweep, cell: Cell) -> dict[str, Any]:
     return {
         "cell": cell.id, "sweep": sweep.name, "model": cell.model, "model_spec": cell.cfg.model,
         "solver": cell.solver, "series": cell.series, "options": cell.options, "nfe": cell.nfe,
-        "schedule": cell.cfg.schedule, "seeds": compact_seeds(cell.cfg.seeds), "num_images": len(cell.cfg.seeds),
+        "schedule": cell.cfg.schedule, "final_step": cell.cfg.final_step, "preset": cell.cfg.preset,
+        "seeds": compact_seeds(cell.cfg.seeds), "num_images": len(cell.cfg.seeds),
         "batch": cell.cfg.batch, "class_label": cell.cfg.class_label, "fid_ref": cell.cfg.fid_ref,
         "config": cell.cfg.identity(), "run_dir": f"runs/{cell.id}",
     }
@@ -86,7 +87,7 @@ def write_manifest(sweep: Sweep) -> None:
     })
 
 
-BASE_COLUMNS = ["cell", "status", "model", "series", "solver", "options", "schedule", "nfe", "nfe_counted", "steps",
+BASE_COLUMNS = ["cell", "status", "model", "series", "solver", "options", "schedule", "final_step", "preset", "nfe", "nfe_counted", "steps",
                 "num_images", "seeds", "batch", "class_label", "fid_ref", "device", "wall_time_s", "images_per_s",
                 "reason", "run_dir"]
 
