@@ -28,7 +28,9 @@ from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
-from sampler_bench.schedules import make_schedule
+from sampler_bench.limits import check_limits, check_num_samples, check_seed
+from sampler_bench.rundir import check_replaceable, config_diff, read_run_record
+from sampler_bench.schedules import make_schedule, parse_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
 
 
@@ -48,6 +50,8 @@ def parse_seeds(text: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise BenchError(f"seed range '{part}' is reversed; write {hi}-{lo}.")
+        check_seed(hi)
+        check_num_samples(len(seeds) + hi - lo + 1)
         seeds.extend(range(lo, hi + 1))
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"seeds '{text}' repeat a seed; each sample needs its own seed.")
@@ -70,11 +74,13 @@ class RunConfig:
     fid_ref: str | None = None
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
+    allow_large_nfe: bool = False  # NFE above limits.MAX_NFE (not part of the run's identity)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
-        d.pop("inception_weights", None)  # where the weights come from does not change the run
+        d.pop("inception_weights", None)
+        d.pop("allow_large_nfe", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d
@@ -119,17 +125,22 @@ class Plan:
     label_mode: str | int | None
 
 
-def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
-    if cfg.nfe < 1:
-        raise BenchError(f"--nfe must be a positive integer; got {cfg.nfe}.")
+def check_config(cfg: RunConfig) -> tuple[torch.device, Any, dict[str, Any], int]:
+    """Validate everything about ``cfg`` that needs no model: device, solver, options, NFE, schedule."""
+    check_limits(cfg)
     if cfg.batch < 1:
         raise BenchError(f"--batch must be a positive integer; got {cfg.batch}.")
-    if not cfg.seeds:
-        raise BenchError("no seeds given; use --seeds 0-63 or --num 64.")
     device = resolve_device(cfg.device)
     spec = get_solver(cfg.solver)
     opts = parse_opts(spec, cfg.opts)
     steps = steps_for_nfe(spec, cfg.nfe, opts)
+    if cfg.schedule is not None:
+        parse_schedule(cfg.schedule)
+    return device, spec, opts, steps
+
+
+def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
+    device, spec, opts, steps = check_config(cfg)
     if model is None:
         model = load_model(cfg.model, device)
     if spec.needs_time_map and model.time_map is None:
@@ -164,7 +175,7 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
     shape = model.image_shape
     for start in range(0, len(seeds), plan.cfg.batch):
         bseeds = seeds[start: start + plan.cfg.batch]
-        gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
+        gens = [torch.Generator(dev).manual_seed(int(s)) for s in bseeds]
         z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
         if plan.label_mode == "random":
             labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
@@ -199,22 +210,19 @@ def versions() -> dict[str, str]:
 
 def existing_run_matches(out: Path, cfg: RunConfig) -> bool:
     """True if ``out`` is a finished run of the same config; BenchError if it is something else."""
-    import json
-
     if not out.exists():
         return False
     if out.is_dir() and not any(out.iterdir()):
         return False
-    run_json = out / "run.json"
-    if out.is_dir() and run_json.is_file():
-        try:
-            prev = json.loads(run_json.read_text())["config"]
-        except (ValueError, KeyError):
-            prev = None
-        if prev == cfg.identity():
+    if out.is_dir() and (out / "run.json").is_file():
+        prev = read_run_record(out)
+        if prev is None:
+            raise BenchError(f"output directory '{out}' holds an unreadable run.json; choose another --out, or delete '{out / 'run.json'}' and pass --overwrite.")
+        diff = config_diff(prev, cfg.identity(), str(resolve_device(cfg.device)))
+        if not diff:
             return True
-        raise BenchError(f"output directory '{out}' holds a run with a different config; choose another --out or pass --overwrite.")
-    raise BenchError(f"output directory '{out}' exists and is not a sampler_bench run; choose another --out or pass --overwrite.")
+        raise BenchError(f"output directory '{out}' holds a run with a different config (differs in: {', '.join(diff)}); choose another --out or pass --overwrite.")
+    raise BenchError(f"output directory '{out}' exists and is not a sampler_bench run; choose another --out.")
 
 
 def check_writable(out: Path) -> None:
@@ -239,10 +247,11 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     unless ``overwrite``.
     """
     out = Path(out)
-    if not overwrite and existing_run_matches(out, cfg):
-        import json
-
-        rec = json.loads((out / "run.json").read_text())
+    check_config(cfg)  # bad input is reported as such, whatever ``out`` holds
+    if overwrite:
+        check_replaceable(out)
+    elif existing_run_matches(out, cfg):
+        rec = read_run_record(out) or {}
         rec["skipped"] = True
         return rec
     check_writable(out)

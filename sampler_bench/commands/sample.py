@@ -34,13 +34,16 @@ def register(app: typer.Typer) -> None:
         opt: List[str] = typer.Option([], "--opt", help="Solver option key=value (repeatable); see `bench solvers -v`."),
         class_label: Optional[str] = typer.Option(None, "--class-label", help="Class index for conditional models, or 'random' (per-sample seeded)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+        save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/.", metavar=""),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only a sampler_bench run, never other files).", metavar=""),
+        allow_large_nfe: bool = typer.Option(False, "--allow-large-nfe", help="Allow --nfe above 10,000.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr.", metavar=""),
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
+        from sampler_bench.limits import check_nfe, check_num_samples, check_seed
         from sampler_bench.metrics import parse_metrics
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
         from sampler_bench.solvers import split_opt_args
@@ -49,10 +52,15 @@ def register(app: typer.Typer) -> None:
             raise BenchError("--seeds and --num were both given; give only one.")
         if num is not None and num < 1:
             raise BenchError(f"--num must be a positive integer; got {num}.")
+        if num is not None:
+            check_num_samples(num, "--num")
+            check_seed(num - 1)
+        check_nfe(nfe, allow_large_nfe)
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
-                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics),
+                        allow_large_nfe=allow_large_nfe)
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
