@@ -32,8 +32,8 @@ def check_seed(seed: int) -> None:
 
 def check_num_samples(n: int, what: str = "the seeds") -> None:
     if n > MAX_SAMPLES:
-        raise BenchError(f"{what} ask for {n:,} samples, more than the maximum of {MAX_SAMPLES:,} per run; "
-                         f"split the work into several runs.")
+        raise BenchError(f"too many samples ({what}: {n:,}); at most {MAX_SAMPLES:,} per run, "
+                         f"so split the work into several runs.")
 
 
 def check_limits(cfg) -> None:

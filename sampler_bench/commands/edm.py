@@ -24,11 +24,12 @@ def register(app: typer.Typer) -> None:
         channels: int = typer.Option(3, "--channels", help="Image channels."),
         classes: int = typer.Option(0, "--classes", help="Number of classes (0 = unconditional)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-        fp16: bool = typer.Option(False, "--fp16", help="Mark the network use_fp16 (runs in fp16 on CUDA)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+        fp16: bool = typer.Option(False, "--fp16", help="Mark the network use_fp16 (runs in fp16 on CUDA).", metavar=""),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.", metavar=""),
     ):
-        """Write a randomly initialised EDM network of a real architecture (small channel counts) in
-        NVlabs' EDM pickle format, for tests and demos: `bench sample --model OUT.pkl ...`."""
+        """Write a tiny random EDM network (a real architecture, small channel counts) as an EDM pickle.
+
+        For tests and demos: `bench sample --model OUT.pkl ...` runs it like an NVlabs EDM checkpoint."""
         from sampler_bench.models.edm import make_tiny_network, save_edm_pickle
 
         if out.suffix.lower() != ".pkl":

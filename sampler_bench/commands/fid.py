@@ -10,15 +10,13 @@ from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, print_metrics, user_errors
+from sampler_bench.commands import console, print_metrics, progress_bar, user_errors, warn
 from sampler_bench.errors import BenchError
+from sampler_bench.textfmt import fmt_num
 
 
-def _progress(total: int, what: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=err_console, transient=True)
+def _progress(total: int, what: str, quiet: bool = False):
+    bar = progress_bar(transient=True, quiet=quiet)
     task = bar.add_task(what, total=total)
     return bar, (lambda k: bar.advance(task, k))
 
@@ -57,7 +55,7 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Use only the first N images of the source."),
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON.", metavar=""),
     ):
         """FID of SOURCE against reference statistics; writes metrics.json into a run directory."""
         from sampler_bench.metrics import parse_metrics
@@ -77,7 +75,7 @@ def register(app: typer.Typer) -> None:
         check_inception_metrics(wanted, refstats)
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
-            err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+            warn(w)
         bar, step = _progress(src.count, "inception features")
         with bar:
             acc = source_features(src, ext, wanted, batch, step)
@@ -88,7 +86,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps(result))
         else:
-            console.print(f"FID {result['fid']:.4f}  ({src.description} vs {refstats.label})")
+            console.print(f"FID {fmt_num(result['fid'], '.4f')}  ({src.description} vs {refstats.label})")
             print_metrics({k: v for k, v in result.items() if k != "fid"})
             if src.run_dir is not None:
                 console.print(f"wrote {src.run_dir / 'metrics.json'}")
@@ -101,11 +99,11 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Number of images (required for model:NAME; else the first N)."),
         seed: int = typer.Option(0, "--seed", help="Seed for model:NAME data samples."),
         class_label: Optional[int] = typer.Option(None, "--class-label", help="model:NAME: statistics of one class instead of the marginal."),
-        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 8 KiB per image), needed for KID."),
+        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 8 KiB per image), needed for KID.", metavar=""),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Path of the Inception weights file (see `bench fid --help`)."),
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.", metavar=""),
     ):
         """Reference statistics (Inception pool3 mean and covariance) of a set of images."""
         import numpy as np
@@ -123,7 +121,7 @@ def register(app: typer.Typer) -> None:
         src = open_source(source, num=num, seed=seed, class_label=class_label)
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
-            err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+            warn(w)
         bar, step = _progress(src.count, "inception features")
         with bar:
             acc = source_features(src, ext, ["kid"] if keep_features else [], batch, step)
@@ -136,9 +134,9 @@ def register(app: typer.Typer) -> None:
             arrays["features"] = acc.stats.all_features()
         write_npz(out, **arrays)
         console.print(f"wrote {out}: {EXTRACTOR_NAME} statistics of {n} images ({src.description})")
-        warn = few_images_warning(n, 2048, "FID against these statistics")
-        if warn:
-            err_console.print(f"[yellow]warning:[/yellow] {warn}", highlight=False, soft_wrap=True)
+        few = few_images_warning(n, 2048, "FID against these statistics")
+        if few:
+            warn(few)
 
     @app.command("refs")
     @user_errors

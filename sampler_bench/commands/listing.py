@@ -22,7 +22,7 @@ def _print_unwrapped(table: Table) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("solvers")
     @user_errors
-    def solvers(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each solver's options with defaults.")):
+    def solvers(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each solver's options with defaults.", metavar="")):
         """List the available solvers with their NFE rule and default schedule."""
         from sampler_bench.solvers import all_solvers
 

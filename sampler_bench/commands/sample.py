@@ -6,17 +6,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from sampler_bench.commands import console, err_console, print_metrics, user_errors
+from sampler_bench.commands import console, print_metrics, progress_bar, user_errors
 from sampler_bench.errors import BenchError
 
 ORDER = 10  # position among the CLI's commands (cli._register_commands)
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +54,7 @@ def register(app: typer.Typer) -> None:
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
                         allow_large_nfe=allow_large_nfe)
-        bar = progress_bar()
+        bar = progress_bar(quiet=quiet)
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
         try:

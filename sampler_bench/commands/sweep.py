@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sampler_bench.commands import console, err_console, user_errors
+from sampler_bench.commands import console, progress_bar, tagged, user_errors
+from sampler_bench.textfmt import fmt_num
 
 
 def _dry_run(sweep, shard) -> None:
@@ -25,8 +26,8 @@ def _dry_run(sweep, shard) -> None:
     for c in cells:
         st = cell_status(sweep.out, c)
         counts[st] = counts.get(st, 0) + 1
-        shown = {"ok": "[green]done[/green]", "failed": "[red]failed (will retry)[/red]", "pending": "to run",
-                 "skipped": "[yellow]skip[/yellow]: NFE not reachable"}[st]
+        shown = {"ok": tagged("done", "green"), "failed": tagged("failed (will retry)", "red"), "pending": "to run",
+                 "skipped": tagged("skip", "yellow", ": NFE not reachable")}[st]
         table.add_row(str(c.index), c.id, *((c.model,) if multi else ()), c.series, str(c.nfe), shown)
     console.print(table)
     n = len(sweep.cells)
@@ -35,11 +36,11 @@ def _dry_run(sweep, shard) -> None:
                   f"; {len(cells[0].cfg.seeds) if cells else 0} samples each.")
     for c in cells:
         if c.skip_reason:
-            console.print(f"[yellow]skip[/yellow] {c.id}: {c.skip_reason}", highlight=False)
+            console.print(tagged("skip", "yellow", f" {c.id}: {c.skip_reason}"))
     for model in dict.fromkeys(c.cfg.model for c in cells):
         note = model_availability(model)
         if note:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            console.print(tagged("note", "yellow", f": {note}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -48,12 +49,11 @@ def register(app: typer.Typer) -> None:
     def sweep(
         config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (overrides the config's 'out')."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing.", metavar=""),
         shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the cells (1 <= i <= n), e.g. for job arrays."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or phase lines on stderr (the per-cell lines stay).", metavar=""),
     ):
         """Run a sweep: every model x solver (x options) x NFE cell, resumable; writes results.csv/.md."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         from sampler_bench.sweep import SweepHooks, load_sweep, parse_shard, run_sweep
 
         sh = parse_shard(shard)
@@ -61,8 +61,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             _dry_run(sw, sh)
             return
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
+        bar = progress_bar(quiet=quiet)
         overall = bar.add_task("cells", total=None)
         current = bar.add_task("", total=None, visible=False)
 
@@ -73,10 +72,10 @@ def register(app: typer.Typer) -> None:
         def cell_end(cell, rec):
             bar.advance(overall)
             if rec["status"] == "ok":
-                mets = ", ".join(f"{k}={v:.4g}" for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
-                bar.console.print(f"[green]ok[/green]     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}", highlight=False)
+                mets = ", ".join(f"{k}={fmt_num(v, '.4g')}" for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
+                bar.console.print(tagged("ok", "green", f"     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}"))
             else:
-                bar.console.print(f"[red]failed[/red] {cell.id}: {rec['reason']}", highlight=False)
+                bar.console.print(tagged("failed", "red", f" {cell.id}: {rec['reason']}"))
 
         hooks = SweepHooks(cell_start=cell_start, cell_end=cell_end,
                            samples_start=lambda n: bar.start_task(current),
@@ -107,7 +106,7 @@ def register(app: typer.Typer) -> None:
         for tbl in render_terminal(rep):
             console.print(tbl)
         for note in rep.notes:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            console.print(tagged("note", "yellow", f": {note}"))
         console.print(f"wrote {len(rep.files)} files to {rep.out}:", highlight=False)
         for f in rep.files:
             console.print(f"  {f}", highlight=False)

@@ -18,12 +18,16 @@ Each :class:`SolverSpec` states its NFE rule ``nfe(steps, options)``; :func:`ste
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from sampler_bench.errors import BenchError
+
+
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a text"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class Option:
     maximum: float | None = None
 
     def parse(self, solver: str, key: str, raw: Any) -> Any:
-        allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type.__name__}"
+        allowed = (f"one of {', '.join(map(str, self.choices))}" if self.choices else
+                   _TYPE_WORDS.get(self.type, f"a {self.type.__name__}"))
         try:
             if self.type is bool:
                 if isinstance(raw, bool):
@@ -55,6 +60,8 @@ class Option:
                 val = self.type(raw)
         except (TypeError, ValueError):
             raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.") from None
+        if isinstance(val, float) and not math.isfinite(val):
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is not a finite number; use {allowed}.")
         if self.choices and val not in self.choices:
             raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.")
         if self.minimum is not None and val < self.minimum:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sampler_bench.fileio import write_json, write_text
+from sampler_bench.textfmt import fmt_num
 from sampler_bench.sweep.config import Cell, Sweep, compact_seeds
 
 def record_path(out: Path, cell_id: str) -> Path:
@@ -137,7 +138,7 @@ def _cell_text(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
+        return fmt_num(v, ".6g") if math.isfinite(v) else str(v)
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     return str(v)
