@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         """Reference statistics (Inception pool3 mean and covariance) of a set of images."""
         import numpy as np
 
-        from sampler_bench.fileio import write_npz
+        from sampler_bench.fileio import check_writable, user_write_errors, write_npz
         from sampler_bench.metrics.fid import source_features
         from sampler_bench.metrics.inception import EXTRACTOR_NAME, get_extractor
         from sampler_bench.metrics.sources import open_source
@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
             raise BenchError(f"--out '{out}' must end in .npz.")
         if out.exists() and not overwrite:
             raise BenchError(f"'{out}' exists; choose another --out or pass --overwrite.")
+        check_writable(out)
         src = open_source(source, num=num, seed=seed, class_label=class_label)
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
@@ -132,7 +133,8 @@ def register(app: typer.Typer) -> None:
                   "extractor": np.asarray(EXTRACTOR_NAME), "source": np.asarray(src.description)}
         if keep_features:
             arrays["features"] = acc.stats.all_features()
-        write_npz(out, **arrays)
+        with user_write_errors(out):
+            write_npz(out, **arrays)
         console.print(f"wrote {out}: {EXTRACTOR_NAME} statistics of {n} images ({src.description})")
         few = few_images_warning(n, 2048, "FID against these statistics")
         if few:

@@ -15,16 +15,18 @@ from sampler_bench.textfmt import fmt_num
 
 
 def _dry_run(sweep, shard) -> None:
-    from sampler_bench.sweep import cell_status, model_availability
+    from sampler_bench.sweep import cell_status, estimated_calls, preflight
 
     cells = sweep.shard(shard)
+    statuses = {c.id: cell_status(sweep.out, c) for c in cells}
+    notes = preflight(sweep, [c for c in cells if statuses[c.id] not in ("ok", "skipped")])
     table = Table(box=None, pad_edge=False, header_style="bold", title=f"sweep '{sweep.name}' -> {sweep.out}", title_justify="left")
     multi = len({c.model for c in cells}) > 1
     for col in ("#", "cell") + (("model",) if multi else ()) + ("solver", "NFE", "state"):
         table.add_column(col, overflow="fold", no_wrap=col == "cell")
     counts: dict[str, int] = {}
     for c in cells:
-        st = cell_status(sweep.out, c)
+        st = statuses[c.id]
         counts[st] = counts.get(st, 0) + 1
         shown = {"ok": tagged("done", "green"), "failed": tagged("failed (will retry)", "red"), "pending": "to run",
                  "skipped": tagged("skip", "yellow", ": NFE not reachable")}[st]
@@ -37,10 +39,10 @@ def _dry_run(sweep, shard) -> None:
     for c in cells:
         if c.skip_reason:
             console.print(tagged("skip", "yellow", f" {c.id}: {c.skip_reason}"))
-    for model in dict.fromkeys(c.cfg.model for c in cells):
-        note = model_availability(model)
-        if note:
-            console.print(tagged("note", "yellow", f": {note}"))
+    todo = [c for c in cells if statuses[c.id] in ("pending", "failed")]
+    console.print(f"estimated cost: {estimated_calls(todo):,} denoiser calls ({len(todo)} cells to run x NFE x samples).")
+    for note in notes:
+        console.print(tagged("note", "yellow", f": {note}"))
 
 
 def register(app: typer.Typer) -> None:

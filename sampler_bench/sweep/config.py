@@ -170,6 +170,13 @@ def _check_model(ctx: _Ctx, key: str, spec: Any) -> str:
         parse_model_spec(spec)
     except BenchError as exc:
         raise ctx.err(key, str(exc)) from None
+    path = Path(spec)
+    if head not in MODELS and not path.suffix and not path.exists():
+        import difflib
+
+        close = difflib.get_close_matches(head, MODELS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ctx.err(key, f"unknown model '{spec}'; {hint}run `bench models` to list them, or give a checkpoint path.")
     return spec
 
 

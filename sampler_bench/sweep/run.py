@@ -10,6 +10,7 @@ from typing import Any, Callable
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json
 from sampler_bench.sweep.config import Cell, Sweep
+from sampler_bench.sweep.preflight import check_consistent, preflight  # noqa: F401  (check_consistent: public API)
 from sampler_bench.sweep.store import (_fail_record, _ok_record, _skip_record, cell_status, read_record, record_path,
                                        run_dir, write_manifest, write_results)
 
@@ -22,15 +23,6 @@ class SweepHooks:
     samples_start: Callable[[int], None] | None = None
     samples_progress: Callable[[int], None] | None = None
     cell_end: Callable[[Cell, dict[str, Any]], None] | None = None
-
-
-def check_consistent(sweep: Sweep) -> None:
-    """Refuse to mix results: a record under a cell's id with a different config is an error."""
-    for c in sweep.cells:
-        rec = read_record(sweep.out, c.id)
-        if rec is not None and "config" in rec and rec["config"] != c.cfg.identity():
-            diff = sorted(k for k in set(rec["config"]) | set(c.cfg.identity()) if rec["config"].get(k) != c.cfg.identity().get(k))
-            raise BenchError(f"'{sweep.out}' holds results of a different config for cell '{c.id}' (differs in: {', '.join(diff)}); use another --out or delete that directory.")
 
 
 def _remove_leftovers(out: Path, cell_id: str) -> None:
@@ -55,24 +47,23 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
     from sampler_bench.sampling import existing_run_matches, run_sample
 
     hooks = hooks or SweepHooks()
-    check_consistent(sweep)
+    mine = sweep.shard(shard)
+    statuses = {c.id: cell_status(sweep.out, c) for c in mine}
+    todo = [c for c in mine if statuses[c.id] not in ("skipped", "ok")]
+    preflight(sweep, todo)  # bad input is refused before anything is written
     try:
         write_manifest(sweep)
     except OSError as exc:
         raise BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.") from None
-    mine = sweep.shard(shard)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
-    todo = []
     for c in mine:
-        st = cell_status(sweep.out, c)
+        st = statuses[c.id]
         if st == "skipped":
             if read_record(sweep.out, c.id) is None:
                 write_json(record_path(sweep.out, c.id), _skip_record(sweep, c))
             counts["skipped"] += 1
         elif st == "ok":
             counts["done_before"] += 1
-        else:
-            todo.append(c)
     for c in todo:
         _remove_leftovers(sweep.out, c.id)
     write_results(sweep.out)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json, write_text
 from sampler_bench.textfmt import fmt_num
 from sampler_bench.sweep.config import Cell, Sweep, compact_seeds
@@ -26,10 +27,21 @@ def read_record(out: Path, cell_id: str) -> dict[str, Any] | None:
     p = record_path(out, cell_id)
     if not p.is_file():
         return None
+    return _read_json(p, "cell record", "delete it and run the sweep again to redo that cell")
+
+
+def _read_json(p: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``p``, or a BenchError naming the file: records are written atomically, so
+    an unreadable one was damaged from outside, and silently dropping it would hide results."""
     try:
-        return json.loads(p.read_text())
-    except ValueError:
-        return None  # unreadable: treated as not done (records are written atomically, so this is foreign)
+        obj = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        obj = None
+    except OSError as exc:
+        raise BenchError(f"cannot read {what} '{p}': {exc.strerror or exc}; check its permissions.") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{what} '{p}' is corrupt (not a JSON object); {fix}.")
+    return obj
 
 
 def cell_status(out: Path, cell: Cell) -> str:
@@ -101,17 +113,11 @@ def load_records(out: str | Path) -> tuple[dict[str, Any] | None, list[dict[str,
     out = Path(out)
     manifest = None
     if (out / "sweep.json").is_file():
-        try:
-            manifest = json.loads((out / "sweep.json").read_text())
-        except ValueError:
-            manifest = None
+        manifest = _read_json(out / "sweep.json", "sweep manifest", "run the sweep again (it rewrites the manifest)")
     recs: dict[str, dict[str, Any]] = {}
     for p in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
-        try:
-            r = json.loads(p.read_text())
-        except ValueError:
-            continue
-        if isinstance(r, dict) and "cell" in r:
+        r = _read_json(p, "cell record", "delete it and run the sweep again to redo that cell")
+        if "cell" in r:
             recs[r["cell"]] = r
     if manifest is None:
         return None, list(recs.values())
