@@ -7,9 +7,10 @@ the ones a run asks for (FID with a reference, exact metrics for analytic models
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -13,6 +13,14 @@ A solver is a plain function
 Each :class:`SolverSpec` states its NFE rule ``nfe(steps, options)``; :func:`steps_for_nfe` turns
 ``--nfe N`` into a number of steps, or raises a :class:`BenchError` that names the nearest valid NFEs.
 :func:`run_solver` checks the counted denoiser calls against the rule.
+
+**Adding a family.** Put it in a new module of this package that calls :func:`register` at import
+(every module here is imported by :func:`_import_families`). The module must not import torch at
+import time, so that ``bench solvers`` stays fast: write ``from sampler_bench.lazy import torch``
+instead of ``import torch`` and use torch only inside functions (annotations are fine under
+``from __future__ import annotations``); import other torch-heavy modules (``models.base``,
+``schedules``) inside the functions that need them. ``tests/test_cli_fast.py`` fails when a listing
+imports torch.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from sampler_bench.errors import BenchError
 
