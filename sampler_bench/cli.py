@@ -64,7 +64,8 @@ def _register_commands() -> None:
 
     mods = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
     for mod in sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
-        mod.register(app)
+        if hasattr(mod, "register"):  # helper modules (e.g. progress.py) add no command
+            mod.register(app)
 
 
 _help_as_flag()

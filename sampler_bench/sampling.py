@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
 import time
@@ -28,6 +29,7 @@ from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
+from sampler_bench.progress import phase
 from sampler_bench.limits import check_limits, check_num_samples, check_seed
 from sampler_bench.rundir import check_replaceable, config_diff, read_run_record
 from sampler_bench.schedules import make_schedule, parse_schedule
@@ -173,6 +175,8 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
     """Yield one :class:`SampleBatch` per batch of ``seeds`` and the denoiser calls it took."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
+    nbatches = -(-len(seeds) // plan.cfg.batch)
+    step_progress = plan.cfg.nfe >= STEP_PROGRESS_NFE
     for start in range(0, len(seeds), plan.cfg.batch):
         bseeds = seeds[start: start + plan.cfg.batch]
         gens = [torch.Generator(dev).manual_seed(int(s)) for s in bseeds]
@@ -183,16 +187,40 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
             labels = None
         else:
             labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
-        bound = BoundDenoiser(model, labels)
-        with torch.inference_mode(not getattr(model, "needs_grad", False)):
-            x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                           noise=SeededNoise(gens, shape, dev), opts=plan.opts)
+        with phase(f"batch {start // plan.cfg.batch + 1}/{nbatches}: denoiser calls", total=plan.cfg.nfe,
+                   transient=True) if step_progress else contextlib.nullcontext(None) as on_call:
+            x, ncalls = _solve(plan, model, labels, z, gens, on_call)
         if not bool(torch.isfinite(x).all()):
             raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
         batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu())
         if on_progress:
             on_progress(len(bseeds))
-        yield batch, bound.calls
+        yield batch, ncalls
+
+
+STEP_PROGRESS_NFE = 100  # from this NFE on, each batch also reports its denoiser calls
+
+
+class _ReportingDenoiser(BoundDenoiser):
+    """A BoundDenoiser that reports each call (per-step progress of long runs)."""
+
+    def __init__(self, model, labels, on_call):
+        super().__init__(model, labels)
+        self.on_call = on_call
+
+    def __call__(self, x, sigma):
+        out = super().__call__(x, sigma)
+        self.on_call(1)
+        return out
+
+
+def _solve(plan: Plan, model, labels, z, gens, on_call) -> tuple[torch.Tensor, int]:
+    """Run the solver on one batch; returns the samples and the counted denoiser calls."""
+    bound = BoundDenoiser(model, labels) if on_call is None else _ReportingDenoiser(model, labels, on_call)
+    with torch.inference_mode(not getattr(model, "needs_grad", False)):
+        x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
+                       noise=SeededNoise(gens, model.image_shape, plan.device), opts=plan.opts)
+    return x, bound.calls
 
 
 def versions() -> dict[str, str]:
@@ -270,33 +298,48 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
             i = 0
             if save_images:
                 (tmp / "images").mkdir()
-            for batch, ncalls in generate(plan, cfg.seeds, on_progress):
-                b = len(batch.seeds)
-                images[i: i + b] = batch.images.numpy()
-                if batch.labels is not None:
-                    labels[i: i + b] = batch.labels.numpy()
-                if save_images:
-                    for j, seed in enumerate(batch.seeds):
-                        write_png(tmp / "images" / f"{seed:06d}.png", images[i + j])
-                t_m = time.perf_counter()
-                for cons in consumers:
-                    cons.update(batch)
-                metrics_time += time.perf_counter() - t_m
-                calls.append(ncalls)
-                i += b
+            phases = contextlib.ExitStack()
+            adv_samples = phases.enter_context(phase(f"sampling {plan.spec.name} NFE={cfg.nfe}", total=n))
+            adv_metrics = (phases.enter_context(phase(f"metrics ({', '.join(c.name for c in consumers)})", total=n))
+                           if consumers else None)
+
+            def progressed(k: int) -> None:
+                adv_samples(k)
+                if on_progress:
+                    on_progress(k)
+
+            with phases:
+                for batch, ncalls in generate(plan, cfg.seeds, progressed):
+                    b = len(batch.seeds)
+                    images[i: i + b] = batch.images.numpy()
+                    if batch.labels is not None:
+                        labels[i: i + b] = batch.labels.numpy()
+                    if save_images:
+                        for j, seed in enumerate(batch.seeds):
+                            write_png(tmp / "images" / f"{seed:06d}.png", images[i + j])
+                    t_m = time.perf_counter()
+                    for cons in consumers:
+                        cons.update(batch)
+                    metrics_time += time.perf_counter() - t_m
+                    if adv_metrics:
+                        adv_metrics(b)
+                    calls.append(ncalls)
+                    i += b
             wall = time.perf_counter() - t0 - metrics_time
             images.flush()
             arrays = {"images": images, "seeds": np.asarray(cfg.seeds, np.int64)}
             if (labels >= 0).any():
                 arrays["labels"] = labels
-            write_npz(tmp / "samples.npz", **arrays)
-            write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
+            with phase("writing samples.npz and grid.png"):
+                write_npz(tmp / "samples.npz", **arrays)
+                write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
             del images, arrays
             (tmp / "images.npy.tmp").unlink()
             metrics: dict[str, Any] = {}
             t_m = time.perf_counter()
             for cons in consumers:
-                metrics.update(cons.result())
+                with phase(f"metrics ({cons.name}): final statistics"):
+                    metrics.update(cons.result())
             metrics_time += time.perf_counter() - t_m
             record = {
                 "config": cfg.identity(),

@@ -36,7 +36,7 @@ def one_error(res, *fragments) -> str:
     assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
     assert "Traceback" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln and not ln.startswith("progress: ")]
     assert len(lines) == 1, f"expected one line, got: {res.stderr!r}"
     line = lines[0]
     assert line.startswith("error: ") and line.rstrip().endswith(".") and ";" in line, line

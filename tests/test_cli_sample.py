@@ -33,7 +33,7 @@ def assert_user_error(res, *fragments):
     assert res.exit_code == 2, (res.exit_code, res.output)
     assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
     # a progress bar may precede an error that happens mid-run; the error itself is one line
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln and not ln.startswith("progress: ")]
     assert len(lines) == 1, f"expected one line, got: {res.stderr!r}"
     assert lines[0].startswith("error: ") and lines[0].rstrip().endswith("."), lines[0]
     assert ";" in lines[0], f"message should name the problem and the fix: {lines[0]}"

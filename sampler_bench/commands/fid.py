@@ -4,21 +4,26 @@ from __future__ import annotations
 
 ORDER = 30
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, print_metrics, progress_bar, user_errors, warn
+from sampler_bench.commands import console, print_metrics, user_errors, warn
+from sampler_bench.commands.progress import CliProgress
 from sampler_bench.errors import BenchError
 from sampler_bench.textfmt import fmt_num
 
 
-def _progress(total: int, what: str, quiet: bool = False):
-    bar = progress_bar(transient=True, quiet=quiet)
-    task = bar.add_task(what, total=total)
-    return bar, (lambda k: bar.advance(task, k))
+@contextlib.contextmanager
+def _features_phase(total: int, quiet: bool):
+    """Progress of the Inception feature extraction (a phase of the CLI's reporter)."""
+    from sampler_bench.progress import phase
+
+    with CliProgress(quiet), phase("inception features", total=total) as step:
+        yield step
 
 
 def merge_run_metrics(run_dir: Path, new: dict) -> dict:
@@ -56,6 +61,7 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
         """FID of SOURCE against reference statistics; writes metrics.json into a run directory."""
         from sampler_bench.metrics import parse_metrics
@@ -76,8 +82,7 @@ def register(app: typer.Typer) -> None:
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
             warn(w)
-        bar, step = _progress(src.count, "inception features")
-        with bar:
+        with _features_phase(src.count, quiet) as step:
             acc = source_features(src, ext, wanted, batch, step)
         result = acc.result(refstats)
         result["fid_weights"] = ext.weights_source
@@ -104,6 +109,7 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
         """Reference statistics (Inception pool3 mean and covariance) of a set of images."""
         import numpy as np
@@ -123,8 +129,7 @@ def register(app: typer.Typer) -> None:
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
             warn(w)
-        bar, step = _progress(src.count, "inception features")
-        with bar:
+        with _features_phase(src.count, quiet) as step:
             acc = source_features(src, ext, ["kid"] if keep_features else [], batch, step)
         n = acc.stats.count
         if n < 2:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from sampler_bench.commands import console, print_metrics, progress_bar, user_errors
+from sampler_bench.commands import console, print_metrics, user_errors
+from sampler_bench.commands.progress import CliProgress
 from sampler_bench.errors import BenchError
 
 ORDER = 10  # position among the CLI's commands (cli._register_commands)
@@ -54,16 +55,8 @@ def register(app: typer.Typer) -> None:
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
                         allow_large_nfe=allow_large_nfe)
-        bar = progress_bar(quiet=quiet)
-        task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
-        started = []  # stop (and so print) the bar only once it started: an early error stays one line
-        try:
-            rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images,
-                             on_start=lambda n: (bar.start(), bar.start_task(task), started.append(True)),
-                             on_progress=lambda k: bar.advance(task, k))
-        finally:
-            if started:
-                bar.stop()
+        with CliProgress(quiet):
+            rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images)
         if rec.get("skipped"):
             console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:

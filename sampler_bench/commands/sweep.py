@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sampler_bench.commands import console, progress_bar, tagged, user_errors
+from sampler_bench.commands import console, err_console, tagged, user_errors
+from sampler_bench.commands.progress import CliProgress
 from sampler_bench.textfmt import fmt_num
 
 
@@ -63,28 +64,24 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             _dry_run(sw, sh)
             return
-        bar = progress_bar(quiet=quiet)
+        prog = CliProgress(quiet)
+        bar = prog.bar
         overall = bar.add_task("cells", total=None)
-        current = bar.add_task("", total=None, visible=False)
 
         def cell_start(cell, pos, n):
-            bar.update(overall, total=n, completed=pos, description=f"sweep {sw.name}")
-            bar.reset(current, total=len(cell.cfg.seeds), description=f"  {cell.id}", visible=True, start=False)
+            prog.start()
+            bar.update(overall, total=n, completed=pos, description=f"sweep {sw.name}: {cell.id}")
 
         def cell_end(cell, rec):
             bar.advance(overall)
             if rec["status"] == "ok":
                 mets = ", ".join(f"{k}={fmt_num(v, '.4g')}" for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
-                bar.console.print(tagged("ok", "green", f"     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}"))
+                err_console.print(tagged("ok", "green", f"     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}"))
             else:
-                bar.console.print(tagged("failed", "red", f" {cell.id}: {rec['reason']}"))
+                err_console.print(tagged("failed", "red", f" {cell.id}: {rec['reason']}"))
 
-        hooks = SweepHooks(cell_start=cell_start, cell_end=cell_end,
-                           samples_start=lambda n: bar.start_task(current),
-                           samples_progress=lambda k: bar.advance(current, k))
-        with bar:
-            counts = run_sweep(sw, sh, hooks)
-            bar.update(current, visible=False)
+        with prog:
+            counts = run_sweep(sw, sh, SweepHooks(cell_start=cell_start, cell_end=cell_end))
         where = f" (shard {sh[0]}/{sh[1]})" if sh else ""
         console.print(f"sweep '{sw.name}'{where}: {counts['ok']} ran ok, {counts['failed']} failed, "
                       f"{counts['done_before']} already done, {counts['skipped']} skipped (NFE not reachable). "
