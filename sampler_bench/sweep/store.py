@@ -161,6 +161,28 @@ def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     return cols, rows
 
 
+MD_KEY_COLUMNS = ("series", "nfe", "status")  # always in the results.md table, after the metrics
+# in results.csv only: reasons get their own section, the series names the solver and its options,
+# nfe_counted always equals nfe in a finished cell, run_dir is runs/<cell>
+MD_LEFT_OUT = ("reason", "run_dir", "solver", "options", "nfe_counted", "images_per_s")
+
+
+def markdown_layout(cols: list[str], rows: list[list[str]], metrics: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """results.md's layout: (the columns with one value in every cell that has one, shown once above
+    the table as (name, value)), and the table's columns: the metrics first (``fid`` leading when
+    present), then series, NFE, status, the other columns that vary, and the cell id last.
+    ``results.csv`` keeps every column."""
+    def values(c: str) -> set[str]:
+        return {row[cols.index(c)] for row in rows} - {""}
+
+    rest = [c for c in cols if c not in metrics and c not in MD_KEY_COLUMNS and c not in MD_LEFT_OUT and c != "cell"]
+    constant = [c for c in rest if len(values(c)) <= 1]
+    head = [(c, next(iter(values(c)))) for c in constant if values(c)]
+    lead = sorted(metrics, key=lambda m: (m != "fid", metrics.index(m)))
+    table = lead + list(MD_KEY_COLUMNS) + [c for c in rest if c not in constant] + ["cell"]
+    return head, table
+
+
 def write_results(out: str | Path) -> tuple[Path, Path]:
     """(Re)write ``results.csv`` and ``results.md`` from the records on disk."""
     out = Path(out)
@@ -183,7 +205,9 @@ def write_results(out: str | Path) -> tuple[Path, Path]:
     def esc(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
-    md_cols = [c for c in cols if c not in ("reason", "run_dir")]
+    head, md_cols = markdown_layout(cols, rows, metric_names(records))
+    if head:
+        md += ["Same in every cell:", ""] + [f"- {c}: {esc(v)}" for c, v in head] + [""]
     idx = [cols.index(c) for c in md_cols]
     md.append("| " + " | ".join(md_cols) + " |")
     md.append("|" + "---|" * len(md_cols))
