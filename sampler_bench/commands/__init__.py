@@ -19,9 +19,18 @@ def make_console(stderr: bool = False) -> Console:
     terminal) lines are never wrapped or truncated. Colour only in a terminal, or when forced with
     ``FORCE_COLOR`` (rich's rule; ``NO_COLOR`` turns it off)."""
     kw = dict(stderr=stderr, markup=False, highlight=False, emoji=False)
-    if not Console(stderr=stderr).is_terminal:
+    if not is_tty(stderr):
         kw.update(width=_PIPE_WIDTH, soft_wrap=True)
     return Console(**kw)
+
+
+def is_tty(stderr: bool = False) -> bool:
+    """Whether stdout (stderr) is an interactive terminal; ``FORCE_COLOR`` forces colour, not this."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 _PIPE_WIDTH = 100_000  # "no wrapping": wider than any line we print

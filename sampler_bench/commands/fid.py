@@ -153,9 +153,10 @@ def register(app: typer.Typer) -> None:
 
         from sampler_bench.metrics.refs import KNOWN_REFS, cache_dir
 
-        t = Table(title=f"reference statistics (cache: {cache_dir()})")
-        for col in ("name", "cached", "source"):
-            t.add_column(col)
+        t = Table(box=None, pad_edge=False, header_style="bold", title=f"reference statistics (cache: {cache_dir()})",
+                  title_justify="left")
+        for col in ("name", "cached", "description", "url"):
+            t.add_column(col, overflow="fold")
         for e in KNOWN_REFS.values():
-            t.add_row(e.name, "yes" if (cache_dir() / e.filename).is_file() else "no", f"{e.summary}\n{e.url}")
+            t.add_row(e.name, "yes" if (cache_dir() / e.filename).is_file() else "no", e.summary, e.url)
         console.print(t)

@@ -13,7 +13,7 @@ import contextlib
 import time
 from typing import Iterator
 
-from sampler_bench.commands import err_console, progress_bar
+from sampler_bench.commands import err_console, is_tty, progress_bar
 from sampler_bench.progress import reporting
 
 
@@ -27,7 +27,7 @@ class CliProgress:
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
-        self.pipe = not err_console.is_terminal
+        self.pipe = not is_tty(stderr=True)
         self.bar = progress_bar(quiet=quiet or self.pipe)
         self._live = False
 

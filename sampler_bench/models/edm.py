@@ -47,7 +47,7 @@ KNOWN_PERSISTENT = set(nets.PRECONDITIONERS) | {
 
 
 def _err(path, msg: str) -> BenchError:
-    return BenchError(f"cannot load EDM network '{path}': {msg}")
+    return BenchError(f"cannot load EDM network '{path}': {msg}" + ("" if msg.endswith(".") else "."))
 
 
 def _brief(obj: Any) -> str:
@@ -290,9 +290,9 @@ def read_edm_pickle(path: str | Path) -> dict:
             raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
         raise _err(path, f"malformed pickle ({type(exc).__name__}: {msg}); not an EDM network pickle") from None
     if not isinstance(data, dict):
-        raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network")
+        raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network; give an EDM network pickle (.pkl from NVlabs/edm)")
     if "ema" not in data:
-        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(_key_text, list(data)[:10])) or 'none'}{' ...' if len(data) > 10 else ''})")
+        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(_key_text, list(data)[:10])) or 'none'}{' ...' if len(data) > 10 else ''}); give an EDM network pickle (.pkl from NVlabs/edm)")
     data["__sha256__"] = f.h.hexdigest()
     return data
 
