@@ -163,8 +163,7 @@ def test_06_deep_pickle_and_huge_model_are_one_line(tmp_path):
 
 # 7 -------------------------------------------------------------------------------------------
 def test_07_seeds_beyond_32_bits_refused(tmp_path):
-    one_error(sample(tmp_path / "r", "--seeds", "0,4294967296", num=None) if False else
-              bench("sample", "--solver", "heun", "--nfe", 3, "--seeds", "0,4294967296", "--out", tmp_path / "r", *SMALL),
+    one_error(bench("sample", "--solver", "heun", "--nfe", 3, "--seeds", "0,4294967296", "--out", tmp_path / "r", *SMALL),
               "seed 4294967296 is out of range", "0..4294967295")
     cfg = write_sweep(tmp_path, "").read_text().replace("num: 2", "seeds: [0, 4294967296]")
     (tmp_path / "s.yaml").write_text(cfg)
@@ -230,8 +229,7 @@ def test_12_validation_comes_before_the_existing_run(tmp_path):
     one_error(sample(run, solver="bogus"), "unknown solver 'bogus'")
     one_error(sample(run, "--opt", "eta=1"), "has no option 'eta'")
     one_error(sample(run, nfe=5), "holds a run with a different config (differs in: nfe)")
-    one_error(sample(run, "--seeds", "0-2", num=None) if False else
-              bench("sample", "--solver", "heun", "--nfe", 3, "--seeds", "0-2", "--out", run, *SMALL), "differs in: seeds")
+    one_error(bench("sample", "--solver", "heun", "--nfe", 3, "--seeds", "0-2", "--out", run, *SMALL), "differs in: seeds")
     # --device cpu against a run made with the default auto, on the same (CPU) device: the same run
     import torch
 
@@ -274,3 +272,110 @@ def test_13_dry_run_sees_a_changed_config_and_a_missing_gpu_and_prints_the_cost(
         gpu.write_text(gpu.read_text().replace("device: cpu", "device: cuda"))
         one_error(bench("sweep", gpu, "--dry-run", "--out", tmp_path / "g"), "no CUDA device is available")
         assert not (tmp_path / "g").exists()
+
+
+# 14 ------------------------------------------------------------------------------------------
+def _run_piped(*args, env_extra=None, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80", OMP_NUM_THREADS="1")
+    env.pop("FORCE_COLOR", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "sampler_bench", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or ROOT, timeout=300)
+
+
+def test_14_pipe_output_is_never_wrapped_truncated_or_coloured(tmp_path):
+    cfg = write_sweep(tmp_path, model="'gmm:classes=2,shape=3x8x8,rank=4'")
+    cfg.write_text(cfg.read_text().replace("solvers: [euler]", "solvers: [euler, {name: ddim, opts: {eta: [0, 1]}}]")
+                   .replace("nfe: [2]", "nfe: [2, 3]"))
+    res = _run_piped("sweep", cfg, "--out", tmp_path / "a-rather-long-output-directory-name-for-a-sweep-with-results")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    assert "\x1b[" not in out  # no colour in a pipe
+    ok = [ln for ln in res.stderr.splitlines() if ln.startswith("ok ")]
+    assert len(ok) == 6 and all("gmm-classes2-shape3x8x8-rank4__" in ln and ln.rstrip().endswith(tuple("0123456789")) for ln in ok), ok
+    assert all(len(ln) > 80 for ln in ok)  # longer than a terminal line, and still one line each
+    summary = [ln for ln in res.stdout.splitlines() if ln.startswith("sweep 't'")]
+    assert len(summary) == 1 and summary[0].rstrip().endswith("results.md"), res.stdout
+    refs = _run_piped("refs")
+    assert refs.returncode == 0, refs.stderr
+    assert "…" not in refs.stdout and "\x1b[" not in refs.stdout
+    rows = [ln for ln in refs.stdout.splitlines() if "https://" in ln]
+    assert rows and all(ln.split()[0] != "" and ln.rstrip().endswith(".npz") for ln in rows), refs.stdout
+    # colour only when forced
+    forced = _run_piped("sample", "--solver", "nope", "--nfe", 3, "--out", tmp_path / "f", env_extra={"FORCE_COLOR": "1"})
+    assert forced.returncode == 2 and "\x1b[" in forced.stderr and "unknown solver 'nope'" in forced.stderr
+
+
+# 15 ------------------------------------------------------------------------------------------
+def test_15_every_long_phase_has_a_progress_line_and_quiet_silences_them(tmp_path, monkeypatch):
+    import sampler_bench.commands.progress as progress
+
+    monkeypatch.setattr(progress, "PIPE_FIRST_S", 0.0)  # every phase counts as "over a second" here
+    res = sample(tmp_path / "r", num=4, nfe=3)
+    assert res.exit_code == 0, res.output
+    err = res.stderr
+    for phase in ("progress: sampling heun NFE=3 done 4/4", "progress: metrics (exact) done 4/4",
+                  "progress: writing samples.npz and grid.png done", "progress: metrics (exact): final statistics done"):
+        assert phase in err, err
+    quiet = sample(tmp_path / "q", "--quiet", num=4, nfe=3)
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert "wrote 4 samples" in quiet.stdout
+    res = bench("sweep", write_sweep(tmp_path), "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "progress: sampling euler NFE=2 done 2/2" in res.stderr, res.output
+
+
+# 16 ------------------------------------------------------------------------------------------
+def test_16_version_flags_messages_and_help(tmp_path, monkeypatch):
+    from sampler_bench import __version__
+
+    res = bench("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"sampler_bench {__version__}"
+    for cmd in (["--help"], ["sample", "--help"], ["sweep", "--help"], ["fid", "--help"], ["solvers", "--help"]):
+        res = bench(*cmd)
+        assert res.exit_code == 0 and "<bool>" not in res.stdout, res.stdout
+    one_error(sample(tmp_path / "r", "--opt", "n_int=1.5", solver="ersde", nfe=5), "use an integer")
+    assert "a int" not in one_error(sample(tmp_path / "r", "--opt", "n_int=x", solver="ersde", nfe=5))
+    one_error(bench("sweep", tmp_path), "is a directory, not a YAML file")
+    # the first paragraph of every command's help is one line of source text (no hard line break)
+    import inspect
+
+    from sampler_bench.cli import app
+
+    for c in app.registered_commands:
+        first = inspect.cleandoc(c.callback.__doc__ or "").split("\n\n")[0]
+        assert "\n" not in first, (c.name, first)
+    # a metric that rounds to zero is printed without a minus sign
+    import sampler_bench.sampling as sampling
+
+    monkeypatch.setattr(sampling, "run_sample", lambda *a, **k: {"skipped": True, "metrics": {"fid": -0.0, "kid": -0.0}})
+    res = sample(tmp_path / "r")
+    assert res.exit_code == 0 and "fid: 0" in res.stdout and "-0" not in res.stdout, res.stdout
+    from sampler_bench.textfmt import fmt_num  # what `bench fid` prints as "FID ..."
+
+    assert fmt_num(-1e-9, ".4f") == "0.0000" and fmt_num(-0.5, ".4f") == "-0.5000" and fmt_num(-1e-9, ".6g") == "-1e-09"
+    assert os.listdir(tmp_path) == []
+
+
+# 17 ------------------------------------------------------------------------------------------
+def test_17_results_md_leads_with_the_metric_and_hoists_constant_columns(tmp_path):
+    cfg = write_sweep(tmp_path)
+    cfg.write_text(cfg.read_text().replace("nfe: [2]", "nfe: [2, 3]"))
+    out = tmp_path / "o"
+    assert bench("sweep", cfg, "--out", out, "-q").exit_code == 0
+    md = (out / "results.md").read_text().splitlines()
+    head = md[md.index("Same in every cell:"):]
+    assert "- model: gmm:classes=2,shape=3x8x8,rank=4" in head and "- device: cpu" in head and "- batch: 2" in head
+    table = [ln for ln in md if ln.startswith("| ")]
+    cols = [c.strip() for c in table[0].strip("|").split("|")]
+    assert cols[0] == "ode_rms_error" and cols[:7] == ["ode_rms_error", "ode_rms_error_max", "pixel_fd", "pixel_fd_floor",
+                                                     "pixel_fd_floor_std", "series", "nfe"], cols
+    assert "model" not in cols and "device" not in cols and len(cols) < 15
+    import csv
+
+    with open(out / "results.csv") as f:
+        csv_cols = next(csv.reader(f))
+    from sampler_bench.sweep import BASE_COLUMNS
+
+    assert csv_cols[:len(BASE_COLUMNS)] == BASE_COLUMNS and "pixel_fd" in csv_cols  # the CSV keeps everything
+    res = bench("report", out)
+    assert res.exit_code == 0 and (out / "report").is_dir(), res.output
