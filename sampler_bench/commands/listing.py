@@ -16,7 +16,7 @@ def _print_unwrapped(table: Table) -> None:
     from rich.measure import Measurement
 
     need = Measurement.get(console, console.options.update(width=100_000), table).maximum
-    (console if need <= console.width else Console(width=need)).print(table)
+    (console if need <= console.width else Console(width=need, markup=False, highlight=False, emoji=False)).print(table)
 
 
 def register(app: typer.Typer) -> None:
