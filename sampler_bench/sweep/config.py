@@ -295,7 +295,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     path = Path(path)
     src = str(path)
     if path.is_dir():
-        hint = f"; to see its results run `bench report {src}`" if (path / "sweep.json").is_file() else ""
+        hint = f" (a sweep's results: `bench report {src}` shows them)" if (path / "sweep.json").is_file() else ""
         raise BenchError(f"sweep config '{src}' is a directory, not a YAML file{hint}; give the path of a YAML file such as configs/quickstart.yaml.")
     if not path.is_file():
         raise BenchError(f"sweep config '{src}' does not exist; give the path of a YAML file such as configs/quickstart.yaml.")
