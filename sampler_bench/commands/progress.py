@@ -25,8 +25,8 @@ class CliProgress:
     """``with CliProgress(quiet) as prog:`` installs the reporter; ``prog.bar`` is the rich display
     (commands may add their own tasks to it, e.g. a sweep's cell counter)."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, transient: bool = False):
+        self.quiet, self.transient = quiet, transient  # transient: every phase vanishes when done (sweeps)
         self.pipe = not is_tty(stderr=True)
         self.bar = progress_bar(quiet=quiet or self.pipe)
         self._live = False
@@ -60,7 +60,7 @@ class CliProgress:
             if total is None:
                 self.bar.update(task, total=1, completed=1)
         finally:
-            if transient:
+            if transient or self.transient:
                 self.bar.remove_task(task)
             else:
                 self.bar.stop_task(task)

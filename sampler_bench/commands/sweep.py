@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             _dry_run(sw, sh)
             return
-        prog = CliProgress(quiet)
+        prog = CliProgress(quiet, transient=True)  # one cell's phases at a time under the cell counter
         bar = prog.bar
         overall = bar.add_task("cells", total=None)
 
