@@ -245,7 +245,7 @@ def existing_run_matches(out: Path, cfg: RunConfig) -> bool:
     if out.is_dir() and (out / "run.json").is_file():
         prev = read_run_record(out)
         if prev is None:
-            raise BenchError(f"output directory '{out}' holds an unreadable run.json; choose another --out, or delete '{out / 'run.json'}' and pass --overwrite.")
+            raise BenchError(f"output directory '{out}' holds an unreadable run.json; choose another --out, or move that directory away.")
         diff = config_diff(prev, cfg.identity(), str(resolve_device(cfg.device)))
         if not diff:
             return True
