@@ -22,6 +22,39 @@ app = typer.Typer(
 )
 
 
+def _help_as_flag() -> None:
+    """Show ``-h/--help`` as a flag in the help panel, like our own boolean options (``metavar=""``)
+    instead of Typer's ``<bool>``."""
+    cmd_cls = getattr(getattr(typer, "core", None), "TyperCommand", None)
+    for cls in (cmd_cls, getattr(typer.core, "TyperGroup", None)):
+        orig = getattr(cls, "get_help_option", None)
+        if orig is None or getattr(orig, "_bench_flag", False):
+            continue
+
+        def get_help_option(self, ctx, _orig=orig):
+            opt = _orig(self, ctx)
+            if opt is not None and getattr(opt, "metavar", None) is None:
+                opt.metavar = ""
+            return opt
+
+        get_help_option._bench_flag = True
+        cls.get_help_option = get_help_option
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sampler_bench import __version__
+
+        typer.echo(f"sampler_bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", metavar="",
+                                       callback=_version, is_eager=True)) -> None:
+    """Benchmark diffusion-model samplers: sample, measure FID and exact errors, sweep NFE grids, report."""
+
+
 def _register_commands() -> None:
     """Every module in ``sampler_bench/commands`` adds its commands, in the order of its ``ORDER``."""
     import importlib
@@ -31,9 +64,11 @@ def _register_commands() -> None:
 
     mods = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
     for mod in sorted(mods, key=lambda m: (getattr(m, "ORDER", 50), m.__name__)):
-        mod.register(app)
+        if hasattr(mod, "register"):  # helper modules (e.g. progress.py) add no command
+            mod.register(app)
 
 
+_help_as_flag()
 _register_commands()
 
 

@@ -16,6 +16,7 @@ as with EDM's ``generate.py``); metric consumers reduce their float64 sums, noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,7 +52,8 @@ class Dist:
         if self.enabled:
             import torch.distributed as td
 
-            td.barrier()
+            with _lost_peer():
+                td.barrier()
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
@@ -60,7 +62,8 @@ class Dist:
         import torch.distributed as td
 
         out: list[Any] = [None] * self.world
-        td.all_gather_object(out, obj)
+        with _lost_peer():
+            td.all_gather_object(out, obj)
         return out
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
@@ -69,7 +72,8 @@ class Dist:
         import torch.distributed as td
 
         box = [obj]
-        td.broadcast_object_list(box, src=src)
+        with _lost_peer():
+            td.broadcast_object_list(box, src=src)
         return box[0]
 
     def agree(self, error: BaseException | None) -> None:
@@ -85,6 +89,17 @@ class Dist:
             text = msg if kind == "BenchError" else f"{kind}: {msg}"
             raise BenchError(f"rank {r} of {self.world} failed: {text}")
         raise RankFailed(f"rank {bad[0][0]} failed")  # quiet: rank 0 prints the error
+
+
+@contextlib.contextmanager
+def _lost_peer():
+    """A collective that breaks because another rank died (gloo: connection closed; NCCL: timeout or
+    abort) is one line, not a traceback: torchrun's summary names the rank that died."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise BenchError(f"lost contact with another rank of this torchrun job ({' '.join(str(exc).split())[:200]}); "
+                         "it most likely died: see torchrun's summary. Nothing half-written was left behind.") from None
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -101,3 +101,31 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """BenchError unless ``path`` can be created: checked before any work, so a long computation is
+    never lost to an unwritable output place."""
+    from sampler_bench.errors import BenchError
+
+    path = Path(path)
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BenchError(f"cannot write to '{path}': '{probe}' is a file, not a directory; choose another {flag}.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BenchError(f"cannot write to '{path}': '{probe}' is not writable; choose another {flag}.")
+    if path.is_dir():
+        raise BenchError(f"cannot write to '{path}': it is a directory; give a file name for {flag}.")
+
+
+@contextlib.contextmanager
+def user_write_errors(path: str | os.PathLike, flag: str = "--out") -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (disk full, permissions changed) into a one-line BenchError."""
+    from sampler_bench.errors import BenchError
+
+    try:
+        yield
+    except OSError as exc:
+        raise BenchError(f"cannot write '{path}': {exc.strerror or exc}; choose another {flag}.") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 from sampler_bench.errors import BenchError
@@ -21,6 +22,8 @@ def parse_params(rest: str, allowed: Mapping[str, Callable[[str], Any]], owner: 
             raise BenchError(f"{owner} takes parameters {', '.join(allowed) or 'none'} as key=value; got '{kv}'.")
         try:
             params[k] = allowed[k](v)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise BenchError(bad_value(k, v)) from None
+        if isinstance(params[k], float) and not math.isfinite(params[k]):
+            raise BenchError(f"{owner}: {k}={v} is not a finite number; give a finite value.")
     return params

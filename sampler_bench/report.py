@@ -23,6 +23,7 @@ import numpy as np
 
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import atomic_path, write_text
+from sampler_bench.textfmt import fmt_num
 from sampler_bench.sweep.config import _slug
 from sampler_bench.sweep.store import load_records, metric_names, write_results
 
@@ -106,12 +107,13 @@ def _fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else str(v)
+        return fmt_num(v, ".4g") if math.isfinite(v) else str(v)
     return str(v)
 
 
 def render_terminal(rep: Report):
     from rich.table import Table
+    from rich.text import Text
 
     out = []
     for t in rep.tables:
@@ -126,11 +128,11 @@ def render_terminal(rep: Report):
                 v = t.values[s].get(n)
                 text = _fmt(v)
                 if isinstance(v, float) and t.best.get(n) == v:
-                    text = f"[bold green]{text}[/bold green]"
+                    text = Text(text, style="bold green")
                 elif v == "failed":
-                    text = "[red]failed[/red]"
+                    text = Text("failed", style="red")
                 elif v == "n/a":
-                    text = "[dim]n/a[/dim]"
+                    text = Text("n/a", style="dim")
                 row.append(text)
             tbl.add_row(s, *row)
         out.append(tbl)

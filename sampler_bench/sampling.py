@@ -34,7 +34,10 @@ from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
-from sampler_bench.schedules import make_schedule
+from sampler_bench.limits import check_limits, check_num_samples, check_seed
+from sampler_bench.progress import phase
+from sampler_bench.rundir import check_replaceable, config_diff, read_run_record
+from sampler_bench.schedules import make_schedule, parse_schedule
 from sampler_bench.solvers import check_final_step, get_solver, parse_opts, run_solver, steps_for_nfe
 
 
@@ -54,6 +57,8 @@ def parse_seeds(text: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise BenchError(f"seed range '{part}' is reversed; write {hi}-{lo}.")
+        check_seed(hi)
+        check_num_samples(len(seeds) + hi - lo + 1)
         seeds.extend(range(lo, hi + 1))
     if len(set(seeds)) != len(seeds):
         raise BenchError(f"seeds '{text}' repeat a seed; each sample needs its own seed.")
@@ -79,11 +84,13 @@ class RunConfig:
     final_step: str = "zero"  # zero | none | denoise (solvers/__init__.py)
     noise: str = "edm-generate"  # the noise stream (NOISE_STREAMS)
     preset: str | None = None  # the protocol preset these fields were expanded from (presets.py)
+    allow_large_nfe: bool = False  # NFE above limits.MAX_NFE (not part of the run's identity)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
+        d.pop("allow_large_nfe", None)  # a permission, not a property of the samples
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         # fields at their defaults are left out, so runs recorded before these fields existed still match
@@ -147,13 +154,11 @@ class Plan:
     final_step: str = "zero"
 
 
-def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
-    if cfg.nfe < 1:
-        raise BenchError(f"--nfe must be a positive integer; got {cfg.nfe}.")
+def check_config(cfg: RunConfig, dist=None) -> tuple[torch.device, Any, dict[str, Any], int]:
+    """Validate everything about ``cfg`` that needs no model: device, solver, options, NFE, schedule."""
+    check_limits(cfg)
     if cfg.batch < 1:
         raise BenchError(f"--batch must be a positive integer; got {cfg.batch}.")
-    if not cfg.seeds:
-        raise BenchError("no seeds given; use --seeds 0-63 or --num 64.")
     check_final_step(cfg.final_step)
     check_noise(cfg.noise)
     if cfg.preset is not None:
@@ -166,6 +171,13 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
     spec = get_solver(cfg.solver)
     opts = parse_opts(spec, cfg.opts)
     steps = steps_for_nfe(spec, cfg.nfe, opts, cfg.final_step)
+    if cfg.schedule is not None:
+        parse_schedule(cfg.schedule)
+    return device, spec, opts, steps
+
+
+def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
+    device, spec, opts, steps = check_config(cfg, dist)
     if model is None:
         model = load_model(cfg.model, device)
     if spec.needs_time_map and model.time_map is None:
@@ -199,7 +211,7 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
     :class:`SampleBatch` and the denoiser calls it took."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
-    gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
+    gens = [torch.Generator(dev).manual_seed(int(s)) for s in bseeds]  # seeds are checked to be < 2^32
     z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
     if plan.label_mode == "random":
         labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
@@ -207,14 +219,34 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
         labels = None
     else:
         labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
-    bound = BoundDenoiser(model, labels)
-    with torch.inference_mode(not getattr(model, "needs_grad", False)):
-        x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                       noise=SeededNoise(gens, shape, dev), opts=plan.opts, final_step=plan.final_step)
+    step_progress = plan.cfg.nfe >= STEP_PROGRESS_NFE
+    nbatches = -(-len(plan.cfg.seeds) // plan.cfg.batch)
+    with phase(f"batch {start // plan.cfg.batch + 1}/{nbatches}: denoiser calls", total=plan.cfg.nfe,
+               transient=True) if step_progress else contextlib.nullcontext(None) as on_call:
+        bound = BoundDenoiser(model, labels) if on_call is None else _ReportingDenoiser(model, labels, on_call)
+        with torch.inference_mode(not getattr(model, "needs_grad", False)):
+            x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
+                           noise=SeededNoise(gens, shape, dev), opts=plan.opts, final_step=plan.final_step)
     if not bool(torch.isfinite(x).all()):
         raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
     batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
     return batch, bound.calls
+
+
+STEP_PROGRESS_NFE = 100  # from this NFE on, each batch also reports its denoiser calls
+
+
+class _ReportingDenoiser(BoundDenoiser):
+    """A BoundDenoiser that reports each call (per-step progress of long runs)."""
+
+    def __init__(self, model, labels, on_call):
+        super().__init__(model, labels)
+        self.on_call = on_call
+
+    def __call__(self, x, sigma):
+        out = super().__call__(x, sigma)
+        self.on_call(1)
+        return out
 
 
 def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | None = None):
@@ -256,22 +288,19 @@ def versions() -> dict[str, str]:
 
 def existing_run_matches(out: Path, cfg: RunConfig) -> bool:
     """True if ``out`` is a finished run of the same config; BenchError if it is something else."""
-    import json
-
     if not out.exists():
         return False
     if out.is_dir() and not any(out.iterdir()):
         return False
-    run_json = out / "run.json"
-    if out.is_dir() and run_json.is_file():
-        try:
-            prev = json.loads(run_json.read_text())["config"]
-        except (ValueError, KeyError):
-            prev = None
-        if prev == cfg.identity():
+    if out.is_dir() and (out / "run.json").is_file():
+        prev = read_run_record(out)
+        if prev is None:
+            raise BenchError(f"output directory '{out}' holds an unreadable run.json; choose another --out, or move that directory away.")
+        diff = config_diff(prev, cfg.identity(), str(resolve_device(cfg.device)))
+        if not diff:
             return True
-        raise BenchError(f"output directory '{out}' holds a run with a different config; choose another --out or pass --overwrite.")
-    raise BenchError(f"output directory '{out}' exists and is not a sampler_bench run; choose another --out or pass --overwrite.")
+        raise BenchError(f"output directory '{out}' holds a run with a different config (differs in: {', '.join(diff)}); choose another --out or pass --overwrite.")
+    raise BenchError(f"output directory '{out}' exists and is not a sampler_bench run; choose another --out.")
 
 
 def check_writable(out: Path) -> None:
@@ -296,10 +325,11 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     unless ``overwrite``.
     """
     out = Path(out)
-    if not overwrite and existing_run_matches(out, cfg):
-        import json
-
-        rec = json.loads((out / "run.json").read_text())
+    check_config(cfg)  # bad input is reported as such, whatever ``out`` holds
+    if overwrite:
+        check_replaceable(out)
+    elif existing_run_matches(out, cfg):
+        rec = read_run_record(out) or {}
         rec["skipped"] = True
         return rec
     check_writable(out)
@@ -356,7 +386,6 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
     files that describe the whole run and returns its record (broadcast to every rank)."""
     cfg = plan.cfg
     n, (c, h, w) = len(cfg.seeds), plan.model.image_shape
-    metrics_time = 0.0
     err: BaseException | None = None
     images = None
     try:
@@ -373,6 +402,45 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
     calls: list[int] = []
     starts = list(range(0, n, cfg.batch))
     rounds = -(-len(starts) // dist.world)
+    phases = contextlib.ExitStack()
+    adv_samples = phases.enter_context(phase(f"sampling {plan.spec.name} NFE={cfg.nfe}", total=n))
+    adv_metrics = (phases.enter_context(phase(f"metrics ({', '.join(c.name for c in consumers)})", total=n))
+                   if consumers else None)
+    with phases:
+        metrics_time = _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels, calls, starts,
+                               rounds, adv_samples, adv_metrics)
+    wall = time.perf_counter() - t0 - metrics_time
+    images.flush()
+    del images
+    if dist.enabled:
+        gathered = dist.all_gather_object((calls, labels, [cons.state() for cons in consumers]))
+        calls = [k for g in gathered for k in g[0]]
+        labels = np.max(np.stack([g[1] for g in gathered]), axis=0)
+        for j, cons in enumerate(consumers):
+            cons.merge([g[2][j] for g in gathered])
+    result: tuple[str, Any] = ("ok", None)
+    if dist.is_main:
+        try:
+            record, m_time = _finish_run(plan, consumers, tmp, labels, calls, wall, dist.world)
+            metrics_time += m_time
+            result = ("ok", record)
+        except Exception as exc:  # noqa: BLE001 -- told to the other ranks, then raised here
+            result = ("error", f"{type(exc).__name__}: {exc}")
+            if dist.enabled:
+                dist.broadcast_object(result)
+            raise
+    result = dist.broadcast_object(result)
+    if result[0] != "ok":
+        raise distributed.RankFailed(result[1])
+    return result[1], metrics_time
+
+
+def _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels, calls, starts, rounds,
+            adv_samples, adv_metrics) -> float:
+    """The sampling rounds of :func:`_sample_into`: round r is batch ``r*world + rank`` on each rank.
+    Returns the time spent in metric consumers."""
+    cfg = plan.cfg
+    metrics_time = 0.0
     for r in range(rounds):
         k = r * dist.world + dist.rank
         done = 0
@@ -397,34 +465,13 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
         except Exception as exc:  # noqa: BLE001 -- every rank stops at this round's end
             err = exc
         dist.agree(err)
+        k_all = sum(dist.all_gather_object(done)) if dist.enabled else done
+        adv_samples(k_all)
+        if adv_metrics:
+            adv_metrics(k_all)
         if on_progress:
-            on_progress(sum(dist.all_gather_object(done)) if dist.enabled else done)
-    wall = time.perf_counter() - t0 - metrics_time
-    images.flush()
-    del images
-    if dist.enabled:
-        t_m = time.perf_counter()
-        gathered = dist.all_gather_object((calls, labels, [cons.state() for cons in consumers]))
-        calls = [k for g in gathered for k in g[0]]
-        labels = np.max(np.stack([g[1] for g in gathered]), axis=0)
-        for j, cons in enumerate(consumers):
-            cons.merge([g[2][j] for g in gathered])
-        metrics_time += time.perf_counter() - t_m
-    result: tuple[str, Any] = ("ok", None)
-    if dist.is_main:
-        try:
-            record, m_time = _finish_run(plan, consumers, tmp, labels, calls, wall, dist.world)
-            metrics_time += m_time
-            result = ("ok", record)
-        except Exception as exc:  # noqa: BLE001 -- told to the other ranks, then raised here
-            result = ("error", f"{type(exc).__name__}: {exc}")
-            if dist.enabled:
-                dist.broadcast_object(result)
-            raise
-    result = dist.broadcast_object(result)
-    if result[0] != "ok":
-        raise distributed.RankFailed(result[1])
-    return result[1], metrics_time
+            on_progress(k_all)
+    return metrics_time
 
 
 def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: list[int], wall: float,
@@ -436,14 +483,16 @@ def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: lis
     arrays = {"images": images, "seeds": np.asarray(cfg.seeds, np.int64)}
     if (labels >= 0).any():
         arrays["labels"] = labels
-    write_npz(tmp / "samples.npz", **arrays)
-    write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
+    with phase("writing samples.npz and grid.png"):
+        write_npz(tmp / "samples.npz", **arrays)
+        write_png(tmp / "grid.png", make_grid(np.asarray(images[:64])))
     del images, arrays
     (tmp / "images.npy.tmp").unlink()
     metrics: dict[str, Any] = {}
     t_m = time.perf_counter()
     for cons in consumers:
-        metrics.update(cons.result())
+        with phase(f"metrics ({cons.name}): final statistics"):
+            metrics.update(cons.result())
     metrics_time = time.perf_counter() - t_m
     record = {
         "config": cfg.identity(),

@@ -170,7 +170,17 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
     allowed = {k: typ for k, (typ, _default) in dict(spec.params, sigma_min=(float, None), sigma_max=(float, None)).items()}
     params = parse_params(rest, allowed, f"schedule '{name}'",
                           lambda k, v: f"schedule '{name}': {k}={v!r} is not a number; write e.g. --schedule {name}:{k}=NUMBER.")
+    for k, v in params.items():
+        if isinstance(v, float) and not np.isfinite(v):
+            raise BenchError(f"schedule '{name}': {k}={v} is not a finite number; give a finite value.")
+        if k in _POSITIVE and v <= 0:
+            raise BenchError(f"schedule '{name}': {k}={v:g} is not valid; {k} must be > 0 (e.g. {name}:{k}={_POSITIVE[k]}).")
+    if params.get("endpoint", 1) not in (0, 1):
+        raise BenchError(f"schedule parameter endpoint={params['endpoint']} is not valid; use 1 (default) or 0 (the DEIS grid layout).")
     return name, params
+
+
+_POSITIVE = {"rho": 7, "order": 2}  # exponents: 0 divides by zero, < 0 reverses the grid
 
 
 def make_schedule(text: str, n_steps: int, model, final_step: str = "zero") -> torch.Tensor:

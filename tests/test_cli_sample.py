@@ -33,7 +33,7 @@ def assert_user_error(res, *fragments):
     assert res.exit_code == 2, (res.exit_code, res.output)
     assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
     # a progress bar may precede an error that happens mid-run; the error itself is one line
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "━" not in ln and not ln.startswith("progress: ")]
     assert len(lines) == 1, f"expected one line, got: {res.stderr!r}"
     assert lines[0].startswith("error: ") and lines[0].rstrip().endswith("."), lines[0]
     assert ";" in lines[0], f"message should name the problem and the fix: {lines[0]}"
@@ -110,16 +110,21 @@ def test_out_dir_that_is_not_a_run(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert_user_error(sample(out), "exists and is not a sampler_bench run", "--overwrite")
+    assert_user_error(sample(out), "exists and is not a sampler_bench run", "choose another --out")
     assert snapshot(out) == ["notes.txt"] and snapshot(tmp_path) == ["mine"]
     (tmp_path / "file.npz").write_text("x")
     assert_user_error(sample(tmp_path / "file.npz"), "is not a sampler_bench run")
     assert snapshot(tmp_path) == ["file.npz", "mine"]
-    # --overwrite replaces it
-    res = sample(out, "--overwrite")
-    assert res.exit_code == 0, res.output
-    assert sorted(snapshot(out)) == ["grid.png", "metrics.json", "run.json", "samples.npz"]  # exact metrics: analytic default
+    # --overwrite never replaces what is not a run of ours
+    assert_user_error(sample(out, "--overwrite"), "--overwrite will not replace", "not a sampler_bench run")
+    assert_user_error(sample(tmp_path / "file.npz", "--overwrite"), "--overwrite will not replace")
+    assert snapshot(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
     assert snapshot(tmp_path) == ["file.npz", "mine"]
+    # an empty directory is fine
+    (tmp_path / "empty").mkdir()
+    res = sample(tmp_path / "empty", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert sorted(snapshot(tmp_path / "empty")) == ["grid.png", "metrics.json", "run.json", "samples.npz"]
 
 
 def test_out_dir_with_another_run(tmp_path):

@@ -159,7 +159,7 @@ def test_rerun_same_config_skips_other_config_refused(tmp_path):
     before = (out / "run.json").read_text()
     again = run_sample(cfg(batch=3), out)  # batch does not change the run
     assert again["skipped"] is True and (out / "run.json").read_text() == before
-    with pytest.raises(BenchError, match="holds a run with a different config; choose another --out or pass --overwrite"):
+    with pytest.raises(BenchError, match=r"holds a run with a different config \(differs in: nfe\); choose another --out or pass --overwrite"):
         run_sample(cfg(nfe=7), out)
     rec = run_sample(cfg(nfe=7), out, overwrite=True)
     assert rec["nfe_counted"] == 7 and "skipped" not in rec

@@ -126,25 +126,22 @@ def test_metric_names_are_checked_against_the_metrics_layer(tmp_path, monkeypatc
         load_sweep(cfg)
 
 
-def test_unregistered_model_validates_but_its_cells_fail(tmp_path):
+def test_unregistered_model_is_refused_up_front(tmp_path):
+    """A model name that is neither registered nor a file would fail every cell: the config is refused
+    (dry run and real run alike), with a suggestion for a typo."""
     cfg = write_cfg(tmp_path, f"""
-        models: [edm-not-here-32x32, {TINY}]
+        models: [gmmm, {TINY}]
         solvers: [euler]
         nfe: [2, 3]
         num: 2
         device: cpu
     """)
     runner = CliRunner()
-    dry = runner.invoke(app, ["sweep", str(cfg), "--dry-run", "--out", str(tmp_path / "o")])
-    assert dry.exit_code == 0, dry.output
-    assert "not registered in this install" in " ".join(dry.output.split())
-    assert not (tmp_path / "o").exists()  # a dry-run writes nothing
-    counts = run_sweep(load_sweep(cfg, tmp_path / "o"))
-    assert counts["failed"] == 2 and counts["ok"] == 2
-    _, recs = load_records(tmp_path / "o")
-    failed = [r for r in recs if r["status"] == "failed"]
-    assert {r["model"] for r in failed} == {"edm-not-here-32x32"}
-    assert all("unknown model 'edm-not-here-32x32'" in r["reason"] for r in failed)
+    for args in (["--dry-run"], []):
+        res = runner.invoke(app, ["sweep", str(cfg), *args, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2, res.output
+        assert "unknown model 'gmmm'; did you mean gmm?" in " ".join(res.output.split())
+        assert not (tmp_path / "o").exists()
 
 
 def _register(monkeypatch, name, fn):
@@ -364,8 +361,14 @@ def test_shipped_configs_validate_with_dry_run(config, tmp_path):
     sw = load_sweep(path, tmp_path / "o")
     assert sw.cells and all(c.skip_reason is None for c in sw.cells if "on_invalid_nfe" in raw)
     res = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 0, res.output
-    assert f"{len(sw.cells)} cells" in res.output
+    import torch
+
+    if str(raw.get("device", "auto")).startswith("cuda") and not torch.cuda.is_available():
+        # a GPU config on a CPU machine: the dry run says what the real run would (every cell fails)
+        assert res.exit_code == 2 and "no CUDA device is available" in res.output, res.output
+    else:
+        assert res.exit_code == 0, res.output
+        assert f"{len(sw.cells)} cells" in res.output
     assert not (tmp_path / "o").exists()
 
 

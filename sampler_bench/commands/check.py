@@ -9,12 +9,13 @@ from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, first_process, print_json, user_errors
+from sampler_bench.commands import console, err_console, first_process, print_json, tagged, user_errors
 
 
 def report_check(res, *, as_json: bool = False) -> int:
     """Print the gate table (or the JSON object) and return the exit code: 0 all passed, 1 a gate failed."""
     from rich.table import Table
+    from rich.text import Text
 
     from sampler_bench.sweep.gates import counts
 
@@ -31,15 +32,16 @@ def report_check(res, *, as_json: bool = False) -> int:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("gate", "cell", "value", "limit", "result"):
         table.add_column(col, no_wrap=True)
-    style = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]", "skipped": "[yellow]skipped[/yellow]"}
+    style = {"pass": ("pass", "green"), "fail": ("FAIL", "red"), "skipped": ("skipped", "yellow")}
     for o in res.outcomes:
         val = "" if o.value is None else f"{o.value:.4g}"
         lim = "" if o.limit is None else f"{o.limit:.4g}"
-        result = style[o.status] + ("" if o.status == "pass" else f": {o.message}")
-        table.add_row(str(o.gate.index), o.cell, val, lim, result)
+        result = tagged(*style[o.status], "" if o.status == "pass" else f": {o.message}")
+        table.add_row(Text(str(o.gate.index)), Text(o.cell), Text(val), Text(lim), result)
     _print_unwrapped(table)
-    verdict = "[green]all gates passed[/green]" if res.passed else "[red]gates FAILED[/red]"
-    console.print(f"{verdict}: {n['pass']} passed, {n['fail']} failed, {n['skipped']} skipped (skipped checks are not passes).")
+    verdict = tagged("all gates passed", "green") if res.passed else tagged("gates FAILED", "red")
+    verdict.append(f": {n['pass']} passed, {n['fail']} failed, {n['skipped']} skipped (skipped checks are not passes).")
+    console.print(verdict)
     return 0 if res.passed else 1
 
 

@@ -24,22 +24,26 @@ def register(app: typer.Typer) -> None:
         channels: int = typer.Option(3, "--channels", help="Image channels."),
         classes: int = typer.Option(0, "--classes", help="Number of classes (0 = unconditional)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-        fp16: bool = typer.Option(False, "--fp16", help="Mark the network use_fp16 (runs in fp16 on CUDA)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+        fp16: bool = typer.Option(False, "--fp16", help="Mark the network use_fp16 (runs in fp16 on CUDA).", metavar=""),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.", metavar=""),
     ):
-        """Write a randomly initialised EDM network of a real architecture (small channel counts) in
-        NVlabs' EDM pickle format, for tests and demos: `bench sample --model OUT.pkl ...`."""
+        """Write a tiny random EDM network (a real architecture, small channel counts) as an EDM pickle.
+
+        For tests and demos: `bench sample --model OUT.pkl ...` runs it like an NVlabs EDM checkpoint."""
+        from sampler_bench.fileio import check_writable, user_write_errors
         from sampler_bench.models.edm import make_tiny_network, save_edm_pickle
 
         if out.suffix.lower() != ".pkl":
             raise BenchError(f"--out '{out}' must end in .pkl (that is how --model recognises EDM networks).")
         if out.exists() and not overwrite:
             raise BenchError(f"'{out}' exists; choose another --out or pass --overwrite.")
+        check_writable(out)
         if channels < 1 or classes < 0:
             raise BenchError("--channels must be >= 1 and --classes >= 0.")
         net = make_tiny_network(precond, arch, resolution=resolution, channels=channels, label_dim=classes,
                                 seed=seed, use_fp16=fp16)
-        save_edm_pickle(net, out)
+        with user_write_errors(out):
+            save_edm_pickle(net, out)
         n = sum(p.numel() for p in net.parameters())
         console.print(f"wrote {out}: {type(net).__name__} + {type(net.model).__name__} ({arch}), "
                       f"{channels}x{resolution}x{resolution}, {classes or 'no'} classes, {n:,} parameters")

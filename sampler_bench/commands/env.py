@@ -72,11 +72,12 @@ def before_sweep(sw, shard, config: Path, offline_flag: bool) -> None:
     from sampler_bench.errors import BenchError
     from sampler_bench.needs import missing_error, sweep_needs
 
-    from sampler_bench.sweep import check_consistent
+    from sampler_bench.sweep import cell_status, preflight
 
     if offline_flag:
         set_offline()
-    check_consistent(sw)  # another config's results there: refused before anything is written
+    # bad input and another config's results there are refused before anything is written
+    preflight(sw, [c for c in sw.shard(shard) if cell_status(sw.out, c) not in ("skipped", "ok")])
     needs = sweep_needs(sw.shard(shard))
     missing = [n for n in needs if not n.present]
     if missing and offline():

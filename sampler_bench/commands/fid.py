@@ -4,23 +4,26 @@ from __future__ import annotations
 
 ORDER = 30
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, print_json, print_metrics, user_errors
+from sampler_bench.commands import console, print_json, print_metrics, user_errors, warn
+from sampler_bench.commands.progress import CliProgress
 from sampler_bench.errors import BenchError
+from sampler_bench.textfmt import fmt_num
 
 
-def _progress(total: int, what: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+@contextlib.contextmanager
+def _features_phase(total: int, quiet: bool):
+    """Progress of the Inception feature extraction (a phase of the CLI's reporter)."""
+    from sampler_bench.progress import phase
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=err_console, transient=True)
-    task = bar.add_task(what, total=total)
-    return bar, (lambda k: bar.advance(task, k))
+    with CliProgress(quiet), phase("inception features", total=total) as step:
+        yield step
 
 
 def merge_run_metrics(run_dir: Path, new: dict) -> dict:
@@ -57,7 +60,8 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Use only the first N images of the source."),
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout, nothing else."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout, nothing else.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
         """FID of SOURCE against reference statistics; writes metrics.json into a run directory."""
         from sampler_bench.metrics import parse_metrics
@@ -77,9 +81,8 @@ def register(app: typer.Typer) -> None:
         check_inception_metrics(wanted, refstats)
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
-            err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-        bar, step = _progress(src.count, "inception features")
-        with bar:
+            warn(w)
+        with _features_phase(src.count, quiet) as step:
             acc = source_features(src, ext, wanted, batch, step)
         result = acc.result(refstats)
         result["fid_weights"] = ext.weights_source
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(result)
         else:
-            console.print(f"FID {result['fid']:.4f}  ({src.description} vs {refstats.label})")
+            console.print(f"FID {fmt_num(result['fid'], '.4f')}  ({src.description} vs {refstats.label})")
             print_metrics({k: v for k, v in result.items() if k != "fid"})
             if src.run_dir is not None:
                 console.print(f"wrote {src.run_dir / 'metrics.json'}")
@@ -101,16 +104,17 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Number of images (required for model:NAME; else the first N)."),
         seed: int = typer.Option(0, "--seed", help="Seed for model:NAME data samples."),
         class_label: Optional[int] = typer.Option(None, "--class-label", help="model:NAME: statistics of one class instead of the marginal."),
-        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 8 KiB per image), needed for KID."),
+        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 8 KiB per image), needed for KID.", metavar=""),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Path of the Inception weights file (see `bench fid --help`)."),
         batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
         """Reference statistics (Inception pool3 mean and covariance) of a set of images."""
         import numpy as np
 
-        from sampler_bench.fileio import write_npz
+        from sampler_bench.fileio import check_writable, user_write_errors, write_npz
         from sampler_bench.metrics.fid import source_features
         from sampler_bench.metrics.inception import EXTRACTOR_NAME, get_extractor
         from sampler_bench.metrics.sources import open_source
@@ -120,12 +124,12 @@ def register(app: typer.Typer) -> None:
             raise BenchError(f"--out '{out}' must end in .npz.")
         if out.exists() and not overwrite:
             raise BenchError(f"'{out}' exists; choose another --out or pass --overwrite.")
+        check_writable(out)
         src = open_source(source, num=num, seed=seed, class_label=class_label)
         ext = get_extractor(inception_weights, device=device, batch_size=batch)
         for w in src.warnings:
-            err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
-        bar, step = _progress(src.count, "inception features")
-        with bar:
+            warn(w)
+        with _features_phase(src.count, quiet) as step:
             acc = source_features(src, ext, ["kid"] if keep_features else [], batch, step)
         n = acc.stats.count
         if n < 2:
@@ -134,11 +138,12 @@ def register(app: typer.Typer) -> None:
                   "extractor": np.asarray(EXTRACTOR_NAME), "source": np.asarray(src.description)}
         if keep_features:
             arrays["features"] = acc.stats.all_features()
-        write_npz(out, **arrays)
+        with user_write_errors(out):
+            write_npz(out, **arrays)
         console.print(f"wrote {out}: {EXTRACTOR_NAME} statistics of {n} images ({src.description})")
-        warn = few_images_warning(n, 2048, "FID against these statistics")
-        if warn:
-            err_console.print(f"[yellow]warning:[/yellow] {warn}", highlight=False, soft_wrap=True)
+        few = few_images_warning(n, 2048, "FID against these statistics")
+        if few:
+            warn(few)
 
     @app.command("refs")
     @user_errors
@@ -148,9 +153,10 @@ def register(app: typer.Typer) -> None:
 
         from sampler_bench.metrics.refs import KNOWN_REFS, cache_dir
 
-        t = Table(title=f"reference statistics (cache: {cache_dir()})")
-        for col in ("name", "cached", "source"):
-            t.add_column(col)
+        t = Table(box=None, pad_edge=False, header_style="bold", title=f"reference statistics (cache: {cache_dir()})",
+                  title_justify="left")
+        for col in ("name", "cached", "description", "url"):
+            t.add_column(col, overflow="fold")
         for e in KNOWN_REFS.values():
-            t.add_row(e.name, "yes" if (cache_dir() / e.filename).is_file() else "no", f"{e.summary}\n{e.url}")
+            t.add_row(e.name, "yes" if (cache_dir() / e.filename).is_file() else "no", e.summary, e.url)
         console.print(t)

@@ -16,13 +16,13 @@ def _print_unwrapped(table: Table) -> None:
     from rich.measure import Measurement
 
     need = Measurement.get(console, console.options.update(width=100_000), table).maximum
-    (console if need <= console.width else Console(width=need)).print(table)
+    (console if need <= console.width else Console(width=need, markup=False, highlight=False, emoji=False)).print(table)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("solvers")
     @user_errors
-    def solvers(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each solver's options with defaults.")):
+    def solvers(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list each solver's options with defaults.", metavar="")):
         """List the available solvers with their NFE rule and default schedule."""
         from sampler_bench.solvers import all_solvers
 

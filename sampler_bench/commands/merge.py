@@ -9,7 +9,7 @@ from typing import List
 
 import typer
 
-from sampler_bench.commands import console, user_errors
+from sampler_bench.commands import console, tagged, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -33,5 +33,5 @@ def register(app: typer.Typer) -> None:
                       f"{n['skipped']} skipped, {total - sum(n.values())} without a result; run directories "
                       f"{'copied' if copy else 'referenced'}.", highlight=False)
         for note in summary["notes"]:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            console.print(tagged("note", "yellow", f": {note}"))
         console.print(f"next: bench report {out}   bench check {out}", highlight=False)

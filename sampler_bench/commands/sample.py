@@ -6,17 +6,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sampler_bench.commands import console, err_console, print_metrics, user_errors
+from sampler_bench.commands import console, print_metrics, user_errors, warn
+from sampler_bench.commands.progress import CliProgress
 from sampler_bench.errors import BenchError
 
 ORDER = 10  # position among the CLI's commands (cli._register_commands)
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,14 +32,17 @@ def register(app: typer.Typer) -> None:
         noise: Optional[str] = typer.Option(None, "--noise", help="Noise stream (default edm-generate: per-sample generators as EDM's generate.py)."),
         class_label: Optional[str] = typer.Option(None, "--class-label", help="Class index for conditional models, or 'random' (per-sample seeded)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+        save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/.", metavar=""),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only a sampler_bench run, never other files).", metavar=""),
+        allow_large_nfe: bool = typer.Option(False, "--allow-large-nfe", help="Allow --nfe above 10,000.", metavar=""),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr.", metavar=""),
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the run record (run.json: config, counted NFE, timings, metrics) as one JSON object on stdout, nothing else."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run record (run.json: config, counted NFE, timings, metrics) as one JSON object on stdout, nothing else.", metavar=""),
     ):
         """Sample with one solver at one NFE and write a run directory."""
+        from sampler_bench.limits import check_nfe, check_num_samples, check_seed
         from sampler_bench.metrics import parse_metrics
         from sampler_bench.presets import expand
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
@@ -54,28 +52,25 @@ def register(app: typer.Typer) -> None:
             raise BenchError("--seeds and --num were both given; give only one.")
         if num is not None and num < 1:
             raise BenchError(f"--num must be a positive integer; got {num}.")
+        if num is not None:
+            check_num_samples(num, "--num")
+            check_seed(num - 1)
+        check_nfe(nfe, allow_large_nfe)
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         run = expand(preset, solver=solver, opts=split_opt_args(opt), schedule=schedule, final_step=final_step, noise=noise)
         solver = run["solver"]
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=run["schedule"],
                         opts=run["opts"], class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
-                        final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset)
-        bar = progress_bar()
-        task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
-        started = []  # stop (and so print) the bar only once it started: an early error stays one line
-        try:
-            rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images,
-                             on_start=lambda n: (bar.start(), bar.start_task(task), started.append(True)),
-                             on_progress=lambda k: bar.advance(task, k))
-        finally:
-            if started:
-                bar.stop()
+                        final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset,
+                        allow_large_nfe=allow_large_nfe)
+        with CliProgress(quiet):
+            rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images)
         if as_json:
             from sampler_bench.commands import print_json
 
             for w in (rec.get("metrics") or {}).get("warnings", []):
-                err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+                warn(w)
             print_json({**rec, "out": str(out)})
             return
         if rec.get("skipped"):

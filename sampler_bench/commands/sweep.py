@@ -10,23 +10,27 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sampler_bench.commands import console, err_console, user_errors
+from sampler_bench.commands import console, err_console, tagged, user_errors
+from sampler_bench.commands.progress import CliProgress
+from sampler_bench.textfmt import fmt_num
 
 
 def _dry_run(sweep, shard) -> None:
-    from sampler_bench.sweep import cell_status, model_availability
+    from sampler_bench.sweep import cell_status, estimated_calls, preflight
 
     cells = sweep.shard(shard)
+    statuses = {c.id: cell_status(sweep.out, c) for c in cells}
+    notes = preflight(sweep, [c for c in cells if statuses[c.id] not in ("ok", "skipped")])
     table = Table(box=None, pad_edge=False, header_style="bold", title=f"sweep '{sweep.name}' -> {sweep.out}", title_justify="left")
     multi = len({c.model for c in cells}) > 1
     for col in ("#", "cell") + (("model",) if multi else ()) + ("solver", "NFE", "state"):
         table.add_column(col, overflow="fold", no_wrap=col == "cell")
     counts: dict[str, int] = {}
     for c in cells:
-        st = cell_status(sweep.out, c)
+        st = statuses[c.id]
         counts[st] = counts.get(st, 0) + 1
-        shown = {"ok": "[green]done[/green]", "failed": "[red]failed (will retry)[/red]", "pending": "to run",
-                 "skipped": "[yellow]skip[/yellow]: NFE not reachable"}[st]
+        shown = {"ok": tagged("done", "green"), "failed": tagged("failed (will retry)", "red"), "pending": "to run",
+                 "skipped": tagged("skip", "yellow", ": NFE not reachable")}[st]
         table.add_row(str(c.index), c.id, *((c.model,) if multi else ()), c.series, str(c.nfe), shown)
     console.print(table)
     n = len(sweep.cells)
@@ -35,11 +39,11 @@ def _dry_run(sweep, shard) -> None:
                   f"; {len(cells[0].cfg.seeds) if cells else 0} samples each.")
     for c in cells:
         if c.skip_reason:
-            console.print(f"[yellow]skip[/yellow] {c.id}: {c.skip_reason}", highlight=False)
-    for model in dict.fromkeys(c.cfg.model for c in cells):
-        note = model_availability(model)
-        if note:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            console.print(tagged("skip", "yellow", f" {c.id}: {c.skip_reason}"))
+    todo = [c for c in cells if statuses[c.id] in ("pending", "failed")]
+    console.print(f"estimated cost: {estimated_calls(todo):,} denoiser calls ({len(todo)} cells to run x NFE x samples).")
+    for note in notes:
+        console.print(tagged("note", "yellow", f": {note}"))
 
 
 def register(app: typer.Typer) -> None:
@@ -48,17 +52,16 @@ def register(app: typer.Typer) -> None:
     def sweep(
         config: Path = typer.Argument(..., help="Sweep YAML (see configs/)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (overrides the config's 'out')."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config and list the cells with their state; run nothing.", metavar=""),
         shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i/n of the cells (1 <= i <= n), or 'auto' (from SAMPLER_BENCH_SHARD_INDEX/COUNT, Slurm or GitLab variables)."),
-        offline: bool = typer.Option(False, "--offline", help="No downloads: fail before the first cell when a checkpoint, reference or weights file is missing (also SAMPLER_BENCH_OFFLINE=1)."),
-        check: bool = typer.Option(False, "--check", help="Evaluate the config's gates at the end (as `bench check`; with --shard on that shard's cells): exit 1 when one fails."),
+        offline: bool = typer.Option(False, "--offline", help="No downloads: fail before the first cell when a checkpoint, reference or weights file is missing (also SAMPLER_BENCH_OFFLINE=1).", metavar=""),
+        check: bool = typer.Option(False, "--check", help="Evaluate the config's gates at the end (as `bench check`; with --shard on that shard's cells): exit 1 when one fails.", metavar=""),
         baseline: Optional[Path] = typer.Option(None, "--baseline", help="With --check: baseline results directory or results.csv for *_vs_baseline gates."),
         junit: Optional[Path] = typer.Option(None, "--junit", help="With --check: write JUnit XML here."),
         benchmark_json: Optional[Path] = typer.Option(None, "--benchmark-json", help="With --check: write github-action-benchmark JSON here."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or phase lines on stderr (the per-cell lines stay).", metavar=""),
     ):
         """Run a sweep: every model x solver (x options) x NFE cell, resumable; writes results.csv/.md."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         from sampler_bench.commands.env import before_sweep
         from sampler_bench.errors import BenchError
         from sampler_bench.sweep import SweepHooks, load_sweep, run_sweep
@@ -74,29 +77,24 @@ def register(app: typer.Typer) -> None:
         if check and not sw.raw.get("gates"):
             raise BenchError(f"--check: '{config}' has no gates: section; add one (see README, Running in CI) or drop --check.")
         before_sweep(sw, sh, config, offline)
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
+        prog = CliProgress(quiet, transient=True)  # one cell's phases at a time under the cell counter
+        bar = prog.bar
         overall = bar.add_task("cells", total=None)
-        current = bar.add_task("", total=None, visible=False)
 
         def cell_start(cell, pos, n):
-            bar.update(overall, total=n, completed=pos, description=f"sweep {sw.name}")
-            bar.reset(current, total=len(cell.cfg.seeds), description=f"  {cell.id}", visible=True, start=False)
+            prog.start()
+            bar.update(overall, total=n, completed=pos, description=f"sweep {sw.name}: {cell.id}")
 
         def cell_end(cell, rec):
             bar.advance(overall)
             if rec["status"] == "ok":
-                mets = ", ".join(f"{k}={v:.4g}" for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
-                bar.console.print(f"[green]ok[/green]     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}", highlight=False)
+                mets = ", ".join(f"{k}={fmt_num(v, '.4g')}" for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float)))
+                err_console.print(tagged("ok", "green", f"     {cell.id}  {rec['wall_time_s']:.2f} s  {mets}"))
             else:
-                bar.console.print(f"[red]failed[/red] {cell.id}: {rec['reason']}", highlight=False)
+                err_console.print(tagged("failed", "red", f" {cell.id}: {rec['reason']}"))
 
-        hooks = SweepHooks(cell_start=cell_start, cell_end=cell_end,
-                           samples_start=lambda n: bar.start_task(current),
-                           samples_progress=lambda k: bar.advance(current, k))
-        with bar:
-            counts = run_sweep(sw, sh, hooks)
-            bar.update(current, visible=False)
+        with prog:
+            counts = run_sweep(sw, sh, SweepHooks(cell_start=cell_start, cell_end=cell_end))
         where = f" (shard {sh[0]}/{sh[1]})" if sh else ""
         console.print(f"sweep '{sw.name}'{where}: {counts['ok']} ran ok, {counts['failed']} failed, "
                       f"{counts['done_before']} already done, {counts['skipped']} skipped (NFE not reachable). "
@@ -124,7 +122,7 @@ def register(app: typer.Typer) -> None:
         for tbl in render_terminal(rep):
             console.print(tbl)
         for note in rep.notes:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            console.print(tagged("note", "yellow", f": {note}"))
         console.print(f"wrote {len(rep.files)} files to {rep.out}:", highlight=False)
         for f in rep.files:
             console.print(f"  {f}", highlight=False)

@@ -7,9 +7,10 @@ the ones a run asks for (FID with a reference, exact metrics for analytic models
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -61,6 +62,24 @@ def parse_metrics(text: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_metrics(cfg, model, spec, opts) -> list[str]:
+    """The checks of :func:`build_consumers` that need no weights or reference file (a sweep's
+    dry run makes them for every cell); returns the parsed metric names."""
+    from sampler_bench.errors import BenchError
+    from sampler_bench.metrics.exact import is_analytic
+
+    metrics = parse_metrics(cfg.metrics)
+    inception = [m for m in metrics if m in ("kid", "isc")]
+    if inception and not cfg.fid_ref:
+        raise BenchError(f"--metrics {','.join(inception)} needs Inception features; add --fid REF.")
+    exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
+    if exact and not is_analytic(model):
+        raise BenchError(f"--metrics {','.join(exact)} needs an analytic model (gmm, gaussian); model '{cfg.model}' has no exact data distribution.")
+    if "ode-error" in exact and spec.is_stochastic(opts):
+        raise BenchError(f"--metrics ode-error needs a deterministic solver; '{spec.name}' with these options is stochastic (its samples do not follow the ODE).")
+    return metrics
+
+
 def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
     """The metric consumers a run asks for, built (weights and reference resolved) before sampling.
 
@@ -68,13 +87,9 @@ def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
     - analytic models: ``pixel-fd`` and (deterministic solvers) ``ode-error`` by default; an explicit
       ``cfg.metrics`` naming either selects exactly those, ``none`` turns them off.
     """
-    from sampler_bench.errors import BenchError
-
-    metrics = parse_metrics(cfg.metrics)
+    metrics = check_metrics(cfg, model, spec, opts)
     consumers: list[BatchConsumer] = []
     inception = [m for m in metrics if m in ("kid", "isc")]
-    if inception and not cfg.fid_ref:
-        raise BenchError(f"--metrics {','.join(inception)} needs Inception features; add --fid REF.")
     if cfg.fid_ref:
         from sampler_bench.metrics.fid import FIDConsumer, check_inception_metrics
         from sampler_bench.metrics.inception import get_extractor
@@ -87,11 +102,7 @@ def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
     from sampler_bench.metrics.exact import ExactMetricsConsumer, fixed_label_of, is_analytic
 
     exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
-    if exact and not is_analytic(model):
-        raise BenchError(f"--metrics {','.join(exact)} needs an analytic model (gmm, gaussian); model '{cfg.model}' has no exact data distribution.")
     stochastic = spec.is_stochastic(opts)
-    if "ode-error" in exact and stochastic:
-        raise BenchError(f"--metrics ode-error needs a deterministic solver; '{spec.name}' with these options is stochastic (its samples do not follow the ODE).")
     if is_analytic(model) and "none" not in metrics:
         want_fd = "pixel-fd" in exact or not exact
         want_ode = ("ode-error" in exact or not exact) and not stochastic

@@ -231,6 +231,9 @@ def open_source(source: str, *, num: int | None = None, seed: int = 0, class_lab
     if p.is_dir():
         if (p / "samples.npz").is_file():
             src = _npz_source(p / "samples.npz", run_dir=p)
+        elif (p / "run.json").is_file():
+            raise BenchError(f"'{source}' is a run directory without its samples.npz (grid.png is only a preview); "
+                             f"re-run the `bench sample` command that made it with --overwrite, or pass the samples' .npz.")
         else:
             src = _folder_source(p)
     elif p.suffix.lower() == ".npz":

@@ -24,6 +24,7 @@ colour shifts, gradient tilts), so samples vary visibly around their mean.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -96,6 +97,31 @@ def _components(n: int, shape, rank: int, seed: int, scale: float):
     return np.stack(mus), np.stack(bases), np.stack(variances)
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(shape, n_comp: int, rank: int) -> None:
+    """Refuse a model whose float64 parameters (means, bases, working arrays) cannot fit in memory."""
+    d = math.prod(shape)
+    need = 8 * (n_comp * d * (rank + 2) + d * (2 * rank + 16))
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise BenchError(f"analytic model shape={'x'.join(map(str, shape))} with {n_comp} components and rank {rank} "
+                         f"needs about {_human(need)} of memory, more than this machine has ({_human(have)}); use a smaller shape, e.g. 3x32x32.")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
 class GaussianMixture(Denoiser):
     """Class-conditional mixture of low-rank + isotropic Gaussians with exact denoiser (float64).
 
@@ -126,6 +152,7 @@ class GaussianMixture(Denoiser):
         self.iso_var = float(iso_var)
         self.seed = int(seed)
         n_comp = max(self.num_classes, 1) * self.per_class
+        _check_fits(self.image_shape, n_comp, self.rank)
         mu, U, s = _components(n_comp, self.image_shape, self.rank, self.seed, scale)
         self.mu, self.U, self.s = as_f64(mu), as_f64(U), as_f64(s)  # (K,d), (K,d,r), (K,r)
         self.comp_class = torch.arange(n_comp) // self.per_class  # (K,)

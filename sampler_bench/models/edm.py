@@ -47,7 +47,24 @@ KNOWN_PERSISTENT = set(nets.PRECONDITIONERS) | {
 
 
 def _err(path, msg: str) -> BenchError:
-    return BenchError(f"cannot load EDM network '{path}': {msg}")
+    return BenchError(f"cannot load EDM network '{path}': {msg}" + ("" if msg.endswith(".") else "."))
+
+
+def _brief(obj: Any) -> str:
+    """A short repr of anything read from a file: bounded depth and length, so a crafted pickle
+    (a 100,000-deep tuple, a megabyte string) cannot break or flood an error message."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxtuple, r.maxlist, r.maxdict = 3, 60, 60, 4, 4, 4
+    try:
+        return r.repr(obj)
+    except Exception:  # noqa: BLE001 -- a broken __repr__ of a foreign object
+        return f"<{type(obj).__name__}>"
+
+
+def _key_text(k: Any) -> str:
+    return k if isinstance(k, str) and len(k) <= 60 else _brief(k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +169,7 @@ def _numpy_dtype(spec, align=False, copy=False):
         raise _Refused("a numpy dtype that is not a plain name")
     dt = np.dtype(spec)
     if dt.kind not in _NUMERIC_KINDS:
-        raise _Refused(f"a non-numeric numpy dtype {spec!r}")
+        raise _Refused(f"a non-numeric numpy dtype {_brief(spec)}")
     return np.dtype(spec, bool(align), bool(copy))
 
 
@@ -173,12 +190,12 @@ def _make_persistent_record(meta):
     if not isinstance(meta, dict) or set(meta) != {"type", "version", "module_src", "class_name", "state"}:
         raise _Refused("a persistent object with malformed metadata")
     if meta["type"] != "class":
-        raise _Refused(f"a persistent object of type {meta['type']!r} (expected 'class')")
+        raise _Refused(f"a persistent object of type {_brief(meta['type'])} (expected 'class')")
     if meta["version"] != PERSISTENCE_VERSION:
-        raise _Refused(f"torch_utils.persistence version {meta['version']!r} (EDM files use version {PERSISTENCE_VERSION})")
+        raise _Refused(f"torch_utils.persistence version {_brief(meta['version'])} (EDM files use version {PERSISTENCE_VERSION})")
     name = meta["class_name"]
     if not isinstance(name, str) or name not in KNOWN_PERSISTENT:
-        raise _Refused(f"unknown persistent class {name!r}")
+        raise _Refused(f"unknown persistent class {_brief(name)}")
     if not isinstance(meta["state"], dict) or not isinstance(meta["module_src"], str):
         raise _Refused(f"a persistent {name} with malformed state")
     src_hash = hashlib.sha256(meta["module_src"].encode("utf-8", "surrogatepass")).hexdigest()
@@ -273,9 +290,9 @@ def read_edm_pickle(path: str | Path) -> dict:
             raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
         raise _err(path, f"malformed pickle ({type(exc).__name__}: {msg}); not an EDM network pickle") from None
     if not isinstance(data, dict):
-        raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network")
+        raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network; give an EDM network pickle (.pkl from NVlabs/edm)")
     if "ema" not in data:
-        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(str, data)) or 'none'})")
+        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(_key_text, list(data)[:10])) or 'none'}{' ...' if len(data) > 10 else ''}); give an EDM network pickle (.pkl from NVlabs/edm)")
     data["__sha256__"] = f.h.hexdigest()
     return data
 
@@ -345,7 +362,7 @@ def check_init_kwargs(class_name: str, kwargs: dict) -> dict:
         raise _Refused(f"{class_name} has malformed constructor arguments")
     model_type = kwargs.get("model_type", inspect.signature(cls.__init__).parameters["model_type"].default)
     if model_type not in nets.ARCHITECTURES:
-        raise _Refused(f"unknown model_type {model_type!r} (known: {', '.join(nets.ARCHITECTURES)})")
+        raise _Refused(f"unknown model_type {_brief(model_type)} (known: {', '.join(nets.ARCHITECTURES)})")
     inner = _accepted_kwargs(nets.ARCHITECTURES[model_type]) - {"img_resolution", "in_channels", "out_channels", "label_dim"}
     unknown = sorted(set(kwargs) - _accepted_kwargs(cls) - inner)
     if unknown:

@@ -3,6 +3,10 @@
 ``--model`` takes a registered name (``bench models`` lists them), a name with parameters
 (``gmm:classes=5,shape=3x16x16``) or a path to a checkpoint file, dispatched on its suffix through
 :data:`LOADERS_BY_SUFFIX`.
+
+A model family registers here at import time without importing torch (``bench models`` must stay
+fast): ``from sampler_bench.lazy import torch``, and import its network / loader modules inside the
+build and load functions (see ``_register_edm_family``). ``tests/test_cli_fast.py`` checks it.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from sampler_bench.errors import BenchError
-from sampler_bench.models.base import Denoiser
+from sampler_bench.lazy import torch
 from sampler_bench.params import parse_params
+
+if TYPE_CHECKING:
+    from sampler_bench.models.base import Denoiser
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,30 @@ Contract for a family: its function must integrate a grid that ends above 0 with
 differs from ``nfe`` sets ``nfe_above0`` (and ``nfe_rule_above0`` for the listing), e.g. rhoRK:
 ``stages * steps`` instead of ``stages * (steps - 1) + 1``. When ``nfe_above0`` is absent the
 ``nfe`` rule applies to both kinds of grid.
+
+**Adding a family.** Put it in a new module of this package that calls :func:`register` at import
+(every module here is imported by :func:`_import_families`). The module must not import torch at
+import time, so that ``bench solvers`` stays fast: write ``from sampler_bench.lazy import torch``
+instead of ``import torch`` and use torch only inside functions (annotations are fine under
+``from __future__ import annotations``); import other torch-heavy modules (``models.base``,
+``schedules``) inside the functions that need them. ``tests/test_cli_fast.py`` fails when a listing
+imports torch.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from sampler_bench.errors import BenchError
+
+
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a text"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +65,11 @@ class Option:
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
+    allow_inf: bool = False  # +inf is meaningful (e.g. EDM's S_max = inf: churn at every sigma); NaN never is
 
     def parse(self, solver: str, key: str, raw: Any) -> Any:
-        allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type.__name__}"
+        allowed = (f"one of {', '.join(map(str, self.choices))}" if self.choices else
+                   _TYPE_WORDS.get(self.type, f"a {self.type.__name__}"))
         try:
             if self.type is bool:
                 if isinstance(raw, bool):
@@ -71,6 +86,8 @@ class Option:
                 val = self.type(raw)
         except (TypeError, ValueError):
             raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.") from None
+        if isinstance(val, float) and not math.isfinite(val) and not (self.allow_inf and val == math.inf):
+            raise BenchError(f"solver '{solver}': option {key}={raw!r} is not a finite number; use {allowed}.")
         if self.choices and val not in self.choices:
             raise BenchError(f"solver '{solver}': option {key}={raw!r} is not valid; use {allowed}.")
         if self.minimum is not None and val < self.minimum:

@@ -14,7 +14,7 @@ sigma = 0, returns D. NFE = steps.
 
 from __future__ import annotations
 
-import torch
+from sampler_bench.lazy import torch
 
 from sampler_bench.solvers import Option, SolverSpec, register
 

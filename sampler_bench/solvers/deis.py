@@ -45,11 +45,15 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-import torch
+from sampler_bench.lazy import torch
 
 from sampler_bench.errors import BenchError
-from sampler_bench.models.base import F64, as_f64
 from sampler_bench.solvers import Option, SolverSpec, register
+
+
+def as_f64(v):
+    """``models.base.as_f64`` without importing torch when the family registers."""
+    return torch.as_tensor(v, dtype=torch.float64)
 
 GAUSS_POINTS = 64
 
@@ -62,7 +66,7 @@ GAUSS_POINTS = 64
 @lru_cache(maxsize=4)
 def _gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     nodes, weights = np.polynomial.legendre.leggauss(n)
-    return torch.from_numpy(nodes).to(F64), torch.from_numpy(weights).to(F64)
+    return torch.from_numpy(nodes).to(torch.float64), torch.from_numpy(weights).to(torch.float64)
 
 
 def lagrange_basis(tau: torch.Tensor, nodes: Sequence[float]) -> torch.Tensor:
@@ -88,7 +92,7 @@ def _gauss_in_sigma(s_from: float, s_to: float, basis_of_sigma) -> torch.Tensor:
 def _riemann(a_from: float, a_to: float, n: int, integrand) -> torch.Tensor:
     """Official rule (``get_integrator_basis_fn``): left Riemann sum on linspace(a_from, a_to, n, endpoint=False)."""
     d = (a_to - a_from) / n
-    tau = a_from + d * torch.arange(n, dtype=F64)
+    tau = a_from + d * torch.arange(n, dtype=torch.float64)
     return integrand(tau).sum(-1) * d
 
 
@@ -143,7 +147,7 @@ IPNDM_WEIGHTS = (
 def ipndm_coefficients(sigmas) -> list[torch.Tensor]:
     """iPNDM: C_ij = (sigma_{i+1} - sigma_i) * w_j with AB1/AB2/AB3 warm-up, then AB4 weights."""
     sig = [float(s) for s in as_f64(sigmas).cpu()]
-    return [(sig[i + 1] - sig[i]) * torch.tensor(IPNDM_WEIGHTS[min(i, 3)], dtype=F64) for i in range(len(sig) - 1)]
+    return [(sig[i + 1] - sig[i]) * torch.tensor(IPNDM_WEIGHTS[min(i, 3)], dtype=torch.float64) for i in range(len(sig) - 1)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ register(SolverSpec(
     options={
         "S_churn": Option(float, 40.0, "total churn (EDM ImageNet setting: 40)", minimum=0.0),
         "S_min": Option(float, 0.05, "lowest sigma that gets churn", minimum=0.0),
-        "S_max": Option(float, 50.0, "highest sigma that gets churn", minimum=0.0),
+        "S_max": Option(float, 50.0, "highest sigma that gets churn (inf: no upper bound, EDM's generate.py default)", minimum=0.0, allow_inf=True),
         "S_noise": Option(float, 1.003, "noise inflation", minimum=0.0),
     },
     stochastic=True,

@@ -21,15 +21,17 @@ the nearest valid NFEs) in its record and in the results; with ``on_invalid_nfe:
 refused up front, naming the cell.
 
 The package is split by job: :mod:`.config` (YAML validation and cell expansion, shards),
-:mod:`.store` (cell records, ``results.csv`` / ``results.md``) and :mod:`.run` (the runner).
+:mod:`.store` (cell records, ``results.csv`` / ``results.md``), :mod:`.preflight` (the checks of a
+real run and of ``--dry-run`` before the first cell) and :mod:`.run` (the runner).
 """
 
 from sampler_bench.sweep.config import (Cell, Sweep, compact_seeds, load_sweep, model_availability, parse_shard,
                                         spec_opts)
-from sampler_bench.sweep.run import SweepHooks, check_consistent, run_sweep
+from sampler_bench.sweep.preflight import check_consistent, estimated_calls, preflight
+from sampler_bench.sweep.run import SweepHooks, run_sweep
 from sampler_bench.sweep.store import (BASE_COLUMNS, cell_status, load_records, metric_names, read_record, record_path,
                                        results_rows, run_dir, write_manifest, write_results)
 
 __all__ = ["BASE_COLUMNS", "Cell", "Sweep", "SweepHooks", "cell_status", "check_consistent", "compact_seeds",
-           "load_records", "load_sweep", "metric_names", "model_availability", "parse_shard", "read_record",
+           "estimated_calls", "load_records", "load_sweep", "metric_names", "model_availability", "parse_shard", "preflight", "read_record",
            "record_path", "results_rows", "run_dir", "run_sweep", "spec_opts", "write_manifest", "write_results"]

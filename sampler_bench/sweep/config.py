@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sampler_bench.errors import BenchError
+from sampler_bench.limits import MAX_NFE, check_num_samples, check_seed
 from sampler_bench.sampling import RunConfig, parse_seeds
 from sampler_bench.solvers import FINAL_STEPS
 
@@ -29,6 +30,7 @@ TOP_KEYS = {
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
     "gates": "list of quality gates {metric, max|min|max_vs_baseline|min_vs_baseline|max_vs_floor, noise, where} (bench check)",
+    "allow_large_nfe": "true to allow NFE above 10,000",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
@@ -170,6 +172,13 @@ def _check_model(ctx: _Ctx, key: str, spec: Any) -> str:
         parse_model_spec(spec)
     except BenchError as exc:
         raise ctx.err(key, str(exc)) from None
+    path = Path(spec)
+    if head not in MODELS and not path.suffix and not path.exists():
+        import difflib
+
+        close = difflib.get_close_matches(head, MODELS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ctx.err(key, f"unknown model '{spec}'; {hint}run `bench models` to list them, or give a checkpoint path.")
     return spec
 
 
@@ -318,6 +327,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
 
     path = Path(path)
     src = str(path)
+    if path.is_dir():
+        hint = f" (a sweep's results: `bench report {src}` shows them)" if (path / "sweep.json").is_file() else ""
+        raise BenchError(f"sweep config '{src}' is a directory, not a YAML file{hint}; give the path of a YAML file such as configs/quickstart.yaml.")
     if not path.is_file():
         raise BenchError(f"sweep config '{src}' does not exist; give the path of a YAML file such as configs/quickstart.yaml.")
     try:
@@ -356,6 +368,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         sv = raw["seeds"]
         if isinstance(sv, list) and sv and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sv):
             seeds = list(sv)
+            try:
+                check_num_samples(len(seeds))
+                check_seed(max(seeds))
+            except BenchError as exc:
+                raise ctx.err("seeds", str(exc)) from None
             if len(set(seeds)) != len(seeds):
                 raise ctx.err("seeds", "repeats a seed; each sample needs its own seed.")
         elif isinstance(sv, (str, int)) and not isinstance(sv, bool):
@@ -366,7 +383,12 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         else:
             raise ctx.err("seeds", f"{sv!r} is not valid; use ranges such as '0-63' or a list of non-negative ints.")
     else:
-        seeds = list(range(_int(ctx, "num", raw.get("num", 64))))
+        num = _int(ctx, "num", raw.get("num", 64))
+        try:
+            check_num_samples(num, "num")
+        except BenchError as exc:
+            raise ctx.err("num", str(exc)) from None
+        seeds = list(range(num))
     batch = _int(ctx, "batch", raw.get("batch", 64))
     schedules = _schedules(ctx, "schedule", raw.get("schedule"))
     class_label = _class_label(ctx, "class_label", raw.get("class_label"))
@@ -399,6 +421,13 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     save_images = raw.get("save_images", False)
     if not isinstance(save_images, bool):
         raise ctx.err("save_images", f"{save_images!r} is not valid; use true or false.")
+    allow_large = raw.get("allow_large_nfe", False)
+    if not isinstance(allow_large, bool):
+        raise ctx.err("allow_large_nfe", f"{allow_large!r} is not valid; use true or false.")
+    for key, vals in [("nfe", nfes or [])] + [(f"solvers[{i}].nfe", s["nfe"] or []) for i, s in enumerate(solvers)]:
+        big = [v for v in vals if v > MAX_NFE]
+        if big and not allow_large:
+            raise ctx.err(key, f"NFE {big[0]} is above the maximum of {MAX_NFE:,}; use a smaller NFE, or set allow_large_nfe: true if you really mean it.")
     out_dir = Path(out) if out is not None else Path(raw.get("out") or f"results/{_slug(name)}")
 
     cells: list[Cell] = []
@@ -442,7 +471,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                         batch=m.get("batch", batch), schedule=sched, opts=dict(opts),
                                         class_label=m.get("class_label", class_label), device=device,
                                         fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
-                                        final_step=s["final_step"], noise=s["noise"], preset=s["preset"])
+                                        final_step=s["final_step"], noise=s["noise"], preset=s["preset"],
+                                        allow_large_nfe=allow_large)
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts), s["final_step"])

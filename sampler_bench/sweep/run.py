@@ -11,6 +11,7 @@ from sampler_bench import distributed
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json
 from sampler_bench.sweep.config import Cell, Sweep
+from sampler_bench.sweep.preflight import check_consistent, preflight  # noqa: F401  (check_consistent: public API)
 from sampler_bench.sweep.store import (_fail_record, _ok_record, _skip_record, cell_status, read_record, record_path,
                                        run_dir, write_manifest, write_results)
 
@@ -23,15 +24,6 @@ class SweepHooks:
     samples_start: Callable[[int], None] | None = None
     samples_progress: Callable[[int], None] | None = None
     cell_end: Callable[[Cell, dict[str, Any]], None] | None = None
-
-
-def check_consistent(sweep: Sweep) -> None:
-    """Refuse to mix results: a record under a cell's id with a different config is an error."""
-    for c in sweep.cells:
-        rec = read_record(sweep.out, c.id)
-        if rec is not None and "config" in rec and rec["config"] != c.cfg.identity():
-            diff = sorted(k for k in set(rec["config"]) | set(c.cfg.identity()) if rec["config"].get(k) != c.cfg.identity().get(k))
-            raise BenchError(f"'{sweep.out}' holds results of a different config for cell '{c.id}' (differs in: {', '.join(diff)}); use another --out or delete that directory.")
 
 
 def _remove_leftovers(out: Path, cell_id: str) -> None:
@@ -59,11 +51,10 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
     # Under torchrun every rank runs every cell together (run_sample splits its seeds); rank 0 alone
     # writes the sweep's files, and the ranks agree after each step that can fail.
     dist = distributed.current(sweep.cells[0].cfg.device if sweep.cells else "auto")
-    check_consistent(sweep)
     mine = sweep.shard(shard)
-    counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
-    todo = []
-    statuses = [cell_status(sweep.out, c) for c in mine]
+    statuses = {c.id: cell_status(sweep.out, c) for c in mine}
+    todo = [c for c in mine if statuses[c.id] not in ("skipped", "ok")]
+    preflight(sweep, todo)  # bad input is refused before anything is written
     err: BaseException | None = None
     if dist.is_main:
         try:
@@ -71,15 +62,15 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
         except OSError as exc:
             err = BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.")
     dist.agree(err)
-    for c, st in zip(mine, statuses):
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "done_before": 0}
+    for c in mine:
+        st = statuses[c.id]
         if st == "skipped":
             if dist.is_main and read_record(sweep.out, c.id) is None:
                 write_json(record_path(sweep.out, c.id), _skip_record(sweep, c))
             counts["skipped"] += 1
         elif st == "ok":
             counts["done_before"] += 1
-        else:
-            todo.append(c)
     if dist.is_main:
         for c in todo:
             _remove_leftovers(sweep.out, c.id)

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json, write_text
+from sampler_bench.textfmt import fmt_num
 from sampler_bench.sweep.config import Cell, Sweep, compact_seeds
 
 def record_path(out: Path, cell_id: str) -> Path:
@@ -25,10 +27,21 @@ def read_record(out: Path, cell_id: str) -> dict[str, Any] | None:
     p = record_path(out, cell_id)
     if not p.is_file():
         return None
+    return _read_json(p, "cell record", "delete it and run the sweep again to redo that cell")
+
+
+def _read_json(p: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``p``, or a BenchError naming the file: records are written atomically, so
+    an unreadable one was damaged from outside, and silently dropping it would hide results."""
     try:
-        return json.loads(p.read_text())
-    except ValueError:
-        return None  # unreadable: treated as not done (records are written atomically, so this is foreign)
+        obj = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        obj = None
+    except OSError as exc:
+        raise BenchError(f"cannot read {what} '{p}': {exc.strerror or exc}; check its permissions.") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{what} '{p}' is corrupt (not a JSON object); {fix}.")
+    return obj
 
 
 def cell_status(out: Path, cell: Cell) -> str:
@@ -101,17 +114,11 @@ def load_records(out: str | Path) -> tuple[dict[str, Any] | None, list[dict[str,
     out = Path(out)
     manifest = None
     if (out / "sweep.json").is_file():
-        try:
-            manifest = json.loads((out / "sweep.json").read_text())
-        except ValueError:
-            manifest = None
+        manifest = _read_json(out / "sweep.json", "sweep manifest", "run the sweep again (it rewrites the manifest)")
     recs: dict[str, dict[str, Any]] = {}
     for p in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
-        try:
-            r = json.loads(p.read_text())
-        except ValueError:
-            continue
-        if isinstance(r, dict) and "cell" in r:
+        r = _read_json(p, "cell record", "delete it and run the sweep again to redo that cell")
+        if "cell" in r:
             recs[r["cell"]] = r
     if manifest is None:
         return None, list(recs.values())
@@ -138,7 +145,7 @@ def _cell_text(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
+        return fmt_num(v, ".6g") if math.isfinite(v) else str(v)
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     return str(v)
@@ -153,6 +160,28 @@ def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         row += [_cell_text((r.get("metrics") or {}).get(m)) for m in mets]
         rows.append(row)
     return cols, rows
+
+
+MD_KEY_COLUMNS = ("series", "nfe", "status")  # always in the results.md table, after the metrics
+# in results.csv only: reasons get their own section, the series names the solver and its options,
+# nfe_counted always equals nfe in a finished cell, run_dir is runs/<cell>
+MD_LEFT_OUT = ("reason", "run_dir", "solver", "options", "nfe_counted", "images_per_s")
+
+
+def markdown_layout(cols: list[str], rows: list[list[str]], metrics: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """results.md's layout: (the columns with one value in every cell that has one, shown once above
+    the table as (name, value)), and the table's columns: the metrics first (``fid`` leading when
+    present), then series, NFE, status, the other columns that vary, and the cell id last.
+    ``results.csv`` keeps every column."""
+    def values(c: str) -> set[str]:
+        return {row[cols.index(c)] for row in rows} - {""}
+
+    rest = [c for c in cols if c not in metrics and c not in MD_KEY_COLUMNS and c not in MD_LEFT_OUT and c != "cell"]
+    constant = [c for c in rest if len(values(c)) <= 1]
+    head = [(c, next(iter(values(c)))) for c in constant if values(c)]
+    lead = sorted(metrics, key=lambda m: (m != "fid", metrics.index(m)))
+    table = lead + list(MD_KEY_COLUMNS) + [c for c in rest if c not in constant] + ["cell"]
+    return head, table
 
 
 def write_results(out: str | Path) -> tuple[Path, Path]:
@@ -177,7 +206,9 @@ def write_results(out: str | Path) -> tuple[Path, Path]:
     def esc(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
-    md_cols = [c for c in cols if c not in ("reason", "run_dir")]
+    head, md_cols = markdown_layout(cols, rows, metric_names(records))
+    if head:
+        md += ["Same in every cell:", ""] + [f"- {c}: {esc(v)}" for c, v in head] + [""]
     idx = [cols.index(c) for c in md_cols]
     md.append("| " + " | ".join(md_cols) + " |")
     md.append("|" + "---|" * len(md_cols))
