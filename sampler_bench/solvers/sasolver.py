@@ -25,7 +25,7 @@ Differences (documented):
   lambda (float32 in diffusers);
 - the tau function: the official one is ``eta if 0.2 <= t <= 0.8 else 0`` in continuous VP time
   (t in [0, 1]; 200..800 on the 1000-step grid). Here the window is given in sigma,
-  ``tau_sigma_min``..``tau_sigma_max``, by default sigma(t = 0.2) = 0.72 .. sigma(t = 0.8) = 25.1
+  ``tau_sigma_min``..``tau_sigma_max``, by default sigma(t = 0.2) = 0.7204 .. sigma(t = 0.8) = 25.1085
   of the linear VP schedule (beta 0.1 -> 20) that t refers to, so every model (with or without a
   native time map) gets the same window;
 - the step to sigma = 0 (the official grid ends above 0) returns D(x, sigma_last) (the official
@@ -93,7 +93,7 @@ def sa_step(x_start, ms: list, lams: list[float], sig_s: float, sig_t: float, ta
 
 
 def sa_solver(denoise, x, sigmas, *, noise=None, predictor_order=3, corrector_order=4, eta=1.0,
-              tau_sigma_min=0.72, tau_sigma_max=25.1, lower_order_final=True):
+              tau_sigma_min=0.7204, tau_sigma_max=25.1085, lower_order_final=True):
     """SA-Solver (official diffusers ``SASolverScheduler``, data prediction): SA-Predictor + SA-Corrector, NFE = steps."""
     sig = [float(v) for v in sigmas]
     for a, b in zip(sig, sig[1:]):
