@@ -5,6 +5,13 @@ min(max_order, i + 1) and the official variable-step weights built from the step
 h_n = sigma_{i+1} - sigma_i, h_{n-1}, h_{n-2}, h_{n-3}; on a uniform sigma grid they reduce to the
 fixed AB weights of ``ipndm`` (deis.py). One model call per step, NFE = steps.
 
+Two properties of the official weights, kept as they are (tests/test_kdiffusion.py measures them):
+on uniform steps the order-4 weights are [57, -65, 43, -11]/24, not AB4's [55, -59, 37, -9]/24 (the
+step is third order, so iPNDM-v(4) is not iPNDM there); and they sum to
+1 + temp2 q (h_{n-2}/h_{n-3} - h_{n-1}/h_{n-2}), i.e. to 1 only when successive step ratios are equal
+(uniform or log-uniform grids), not on a karras grid. Orders <= 3 are the exact variable-step AB.
+The Euler first step caps the global order at 2 in any case.
+
 The official code stops at sigma_min (its ``denoise_to_zero`` adds one call). A step to sigma = 0
 is taken here as a regular step of its order (extrapolating d down to sigma = 0, as ``ipndm`` in
 deis.py does), so NFE = steps on grids ending at 0 and on grids ending above 0. The official
