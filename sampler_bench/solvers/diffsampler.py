@@ -60,6 +60,7 @@ def ipndm_v(denoise, x, sigmas, *, noise=None, max_order=4):
     return x
 
 
+# NFE on a grid ending above 0 (final_step=none): steps, as on a grid ending at 0
 register(SolverSpec(
     name="ipndm-v", fn=ipndm_v, family="diff-sampler", nfe=lambda steps, opts: steps, nfe_rule="steps",
     summary="iPNDM-v (diff-sampler): variable-step Adams-Bashforth in sigma, order min(i+1, max_order)",

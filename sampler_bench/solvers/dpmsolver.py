@@ -341,7 +341,7 @@ _LOF = Option(bool, True, "official lower_order_final: lower the order of the la
 
 
 def _single_nfe(k):
-    # grid ending at 0: k*(steps-1) + 1 (the last step returns D); ending above 0: k*steps
+    # grid ending at 0: k*(steps-1) + 1 (the last step returns D); ending above 0 (final_step=none): k*steps
     return lambda steps, opts: k * (steps - 1) + 1
 
 

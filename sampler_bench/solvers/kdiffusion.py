@@ -151,7 +151,7 @@ def dpmpp_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0, r=0.5):
 # ---------------------------------------------------------------------------------------------
 
 _steps = lambda steps, opts: steps  # noqa: E731  (grids ending above 0: also steps)
-_two = lambda steps, opts: 2 * steps - 1  # noqa: E731  (grids ending above 0: 2*steps)
+_two = lambda steps, opts: 2 * steps - 1  # noqa: E731  (grids ending above 0, final_step=none: 2*steps)
 _S_NOISE = Option(float, 1.0, "noise scale (k-diffusion s_noise)", minimum=0.0)
 _ETA1 = Option(float, 1.0, "ancestral noise: 0 = deterministic, 1 = k-diffusion default", minimum=0.0, maximum=1.0)
 _anc_stochastic = lambda opts: opts.get("eta", 1.0) > 0 and opts.get("s_noise", 1.0) > 0  # noqa: E731

@@ -142,6 +142,7 @@ def _linear_vp_sigma(t: float, beta_min: float = 0.1, beta_max: float = 20.0) ->
 
 _TAU_LO, _TAU_HI = round(_linear_vp_sigma(0.2), 4), round(_linear_vp_sigma(0.8), 4)
 
+# NFE on a grid ending above 0 (final_step=none): steps, as on a grid ending at 0
 register(SolverSpec(
     name="sa-solver", fn=sa_solver, family="sa-solver", nfe=lambda steps, opts: steps, nfe_rule="steps",
     summary="SA-Solver (Xue et al. 2023): stochastic Adams predictor + corrector (free), tau = eta on a sigma window",

@@ -125,6 +125,7 @@ def unipc(denoise, x, sigmas, *, noise=None, order=3, variant="bh1", pred="data"
     return x
 
 
+# NFE on a grid ending above 0 (final_step=none): steps, as on a grid ending at 0
 register(SolverSpec(
     name="unipc", fn=unipc, family="unipc", nfe=lambda steps, opts: steps, nfe_rule="steps",
     summary="UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector (free: reuses the next call); order p+1",
