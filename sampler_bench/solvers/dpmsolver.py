@@ -136,37 +136,49 @@ def singlestep_third(model, x, s: float, t: float, m_s, r1: float = 1 / 3, r2: f
     return base - (t * phi_2) * d1 - (t * phi_3) * d2
 
 
+def lincomb(terms):
+    """sum_k c_k v_k for [(c_k, v_k), ...] in one pass of fused ``add_`` calls (one new tensor)."""
+    (c, v), rest = terms[0], terms[1:]
+    out = v * c
+    for c, v in rest:
+        out.add_(v, alpha=c)
+    return out
+
+
 def multistep_update(x, ms: list, ss: list[float], t: float, order: int, data: bool, solver_type: str = "dpmsolver"):
-    """``multistep_dpm_solver_update``: ``ms``/``ss`` are the previous model values and sigmas, newest last."""
+    """``multistep_dpm_solver_update``: ``ms``/``ss`` are the previous model values and sigmas, newest last.
+
+    The official update is linear in x and the model values; its scalar coefficients are folded so
+    that the step is one linear combination (the same arithmetic, up to float64 rounding)."""
     s0 = ss[-1]
     if order == 1:
         return first_update(x, s0, t, ms[-1], data)
     lam_t, lam_0, lam_1 = _lam(t), _lam(s0), _lam(ss[-2])
     h, h_0 = lam_t - lam_0, lam_0 - lam_1
     r0 = h_0 / h
-    d1_0 = (1.0 / r0) * (ms[-1] - ms[-2])
-    if order == 2:
-        if data:
-            phi_1 = math.expm1(-h)
-            base = (t / s0) * x - phi_1 * ms[-1]
-            return base - 0.5 * phi_1 * d1_0 if solver_type == "dpmsolver" else base + (phi_1 / h + 1.0) * d1_0
-        phi_1 = math.expm1(h)
-        base = x - (t * phi_1) * ms[-1]
-        return base - 0.5 * (t * phi_1) * d1_0 if solver_type == "dpmsolver" else base - (t * (phi_1 / h - 1.0)) * d1_0
-    h_1 = lam_1 - _lam(ss[-3])
-    r1 = h_1 / h
-    d1_1 = (1.0 / r1) * (ms[-2] - ms[-3])
-    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-    d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
     if data:
         phi_1 = math.expm1(-h)
+        cx, c0 = t / s0, -phi_1
+    else:
+        phi_1 = math.expm1(h)
+        cx, c0 = 1.0, -t * phi_1
+    if order == 2:  # x_t = cx x + c0 m0 + k D1_0, D1_0 = (m0 - m1) / r0
+        if solver_type == "dpmsolver":
+            k = -0.5 * phi_1 if data else -0.5 * t * phi_1
+        else:
+            k = phi_1 / h + 1.0 if data else -t * (phi_1 / h - 1.0)
+        return lincomb([(cx, x), (c0 + k / r0, ms[-1]), (-k / r0, ms[-2])])
+    r1 = (lam_1 - _lam(ss[-3])) / h
+    if data:  # x_t = cx x + c0 m0 + k1 D1 + k2 D2
         phi_2 = phi_1 / h + 1.0
-        phi_3 = phi_2 / h - 0.5
-        return (t / s0) * x - phi_1 * ms[-1] + phi_2 * d1 - phi_3 * d2
-    phi_1 = math.expm1(h)
-    phi_2 = phi_1 / h - 1.0
-    phi_3 = phi_2 / h - 0.5
-    return x - (t * phi_1) * ms[-1] - (t * phi_2) * d1 - (t * phi_3) * d2
+        k1, k2 = phi_2, -(phi_2 / h - 0.5)
+    else:
+        phi_2 = phi_1 / h - 1.0
+        k1, k2 = -t * phi_2, -t * (phi_2 / h - 0.5)
+    q = r0 / (r0 + r1)  # D1 = (1 + q) D1_0 - q D1_1, D2 = (D1_0 - D1_1) / (r0 + r1)
+    a = k1 * (1.0 + q) + k2 / (r0 + r1)  # on D1_0 = (m0 - m1) / r0
+    b = -k1 * q - k2 / (r0 + r1)  # on D1_1 = (m1 - m2) / r1
+    return lincomb([(cx, x), (c0 + a / r0, ms[-1]), (-a / r0 + b / r1, ms[-2]), (-b / r1, ms[-3])])
 
 
 def singlestep_update(model, x, s: float, t: float, order: int, solver_type: str, r1: float | None = None, r2: float | None = None):
@@ -284,15 +296,14 @@ def dpmpp_2m_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0, solver
         h = _lam(t) - _lam(s)
         eta_h = eta * h
         c = -math.expm1(-h - eta_h)
-        x = (t / s * math.exp(-eta_h)) * x + c * d
-        if old is not None:
+        terms = [(t / s * math.exp(-eta_h), x), (c, d)]
+        if old is not None:  # + k (d - old), folded into one linear combination
             r = h_last / h
-            if solver_type == "heun":
-                x = x + ((c / (-h - eta_h) + 1.0) * (1.0 / r)) * (d - old)
-            else:
-                x = x + (0.5 * c * (1.0 / r)) * (d - old)
+            k = (c / (-h - eta_h) + 1.0) * (1.0 / r) if solver_type == "heun" else 0.5 * c * (1.0 / r)
+            terms = [terms[0], (c + k, d), (-k, old)]
         if eta:
-            x = x + noise(s, t) * (t * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise)
+            terms.append((t * math.sqrt(-math.expm1(-2.0 * eta_h)) * s_noise, noise(s, t)))
+        x = lincomb(terms)
         old, h_last = d, h
     return x
 
@@ -310,22 +321,23 @@ def dpmpp_3m_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
             break
         h = _lam(t) - _lam(s)
         h_eta = h * (eta + 1.0)
-        x = math.exp(-h_eta) * x + (-math.expm1(-h_eta)) * d
-        if h_2 is not None:
+        cx, c0 = math.exp(-h_eta), -math.expm1(-h_eta)
+        phi_2 = math.expm1(-h_eta) / h_eta + 1.0
+        if h_2 is not None:  # + phi_2 D1 - phi_3 D2, folded as in multistep_update
             r0, r1 = h_1 / h, h_2 / h
-            d1_0 = (d - d_1) / r0
-            d1_1 = (d_1 - d_2) / r1
-            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            phi_2 = math.expm1(-h_eta) / h_eta + 1.0
-            phi_3 = phi_2 / h_eta - 0.5
-            x = x + phi_2 * d1 - phi_3 * d2
-        elif h_1 is not None:
+            k1, k2 = phi_2, -(phi_2 / h_eta - 0.5)
+            q = r0 / (r0 + r1)
+            a = k1 * (1.0 + q) + k2 / (r0 + r1)
+            b = -k1 * q - k2 / (r0 + r1)
+            terms = [(cx, x), (c0 + a / r0, d), (-a / r0 + b / r1, d_1), (-b / r1, d_2)]
+        elif h_1 is not None:  # + phi_2 (d - d_1) / r
             r = h_1 / h
-            phi_2 = math.expm1(-h_eta) / h_eta + 1.0
-            x = x + phi_2 * ((d - d_1) / r)
+            terms = [(cx, x), (c0 + phi_2 / r, d), (-phi_2 / r, d_1)]
+        else:
+            terms = [(cx, x), (c0, d)]
         if eta:
-            x = x + noise(s, t) * (t * math.sqrt(-math.expm1(-2.0 * h * eta)) * s_noise)
+            terms.append((t * math.sqrt(-math.expm1(-2.0 * h * eta)) * s_noise, noise(s, t)))
+        x = lincomb(terms)
         d_1, d_2 = d, d_1
         h_1, h_2 = h, h_1
     return x

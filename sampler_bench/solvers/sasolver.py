@@ -42,6 +42,7 @@ import numpy as np
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers.dpmsolver import lincomb
 
 
 @lru_cache(maxsize=1)
@@ -84,12 +85,10 @@ def sa_step(x_start, ms: list, lams: list[float], sig_s: float, sig_t: float, ta
         fix = _order2_fix(h, tau, corrector, lams[0] - lams[1])
         b[0] += fix
         b[1] -= fix
-    x = (math.exp(-tau * tau * h) * sig_t / sig_s) * x_start
-    for j, bj in enumerate(b):
-        x = x + bj * ms[-(j + 1)]
+    terms = [(math.exp(-tau * tau * h) * sig_t / sig_s, x_start)] + [(bj, ms[-(j + 1)]) for j, bj in enumerate(b)]
     if tau > 0:
-        x = x + (sig_t * math.sqrt(-math.expm1(-2.0 * tau * tau * h))) * z
-    return x
+        terms.append((sig_t * math.sqrt(-math.expm1(-2.0 * tau * tau * h)), z))
+    return lincomb(terms)
 
 
 def sa_solver(denoise, x, sigmas, *, noise=None, predictor_order=3, corrector_order=4, eta=1.0,

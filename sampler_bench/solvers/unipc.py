@@ -33,6 +33,7 @@ import numpy as np
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers.dpmsolver import lincomb
 
 
 def unipc_rhos(rks: list[float], h: float, order: int, data: bool, variant: str) -> tuple[list[float], list[float], float, float]:
@@ -60,26 +61,30 @@ def unipc_rhos(rks: list[float], h: float, order: int, data: bool, variant: str)
 
 
 def unipc_update(model, x, ms: list, ss: list[float], t: float, order: int, variant: str, use_corrector: bool):
-    """One UniPC step from ss[-1] to t: (x_t, model value at the predicted x_t or None)."""
-    s0, m0 = ss[-1], ms[-1]
+    """One UniPC step from ss[-1] to t: (x_t, model value at the predicted x_t or None).
+
+    x_t_ = cx x + c0 m_0; the predictor subtracts scale sum_k rho_k (m_k - m_0) / r_k, the corrector
+    scale (sum_k rho^c_k (m_k - m_0) / r_k + rho^c_p (m_t - m_0)); each is folded into one linear
+    combination of x and the model values (the official arithmetic up to float64 rounding)."""
+    s0 = ss[-1]
     lam0 = -math.log(s0)
     h = -math.log(t) - lam0
-    rks, d1s = [], []
-    for i in range(1, order):
-        rk = (-math.log(ss[-(i + 1)]) - lam0) / h
-        rks.append(rk)
-        d1s.append((ms[-(i + 1)] - m0) / rk)
+    rks = [(-math.log(ss[-(i + 1)]) - lam0) / h for i in range(1, order)]
     rhos_p, rhos_c, h_phi_1, b_h = unipc_rhos(rks + [1.0], h, order, model.data, variant)
     scale = b_h if model.data else t * b_h
-    x_t_ = (t / s0) * x - h_phi_1 * m0 if model.data else x - (t * h_phi_1) * m0
-    x_t = x_t_
-    if d1s:
-        x_t = x_t_ - scale * sum(r * d for r, d in zip(rhos_p, d1s))
+    cx, c0 = (t / s0, -h_phi_1) if model.data else (1.0, -t * h_phi_1)
+    hist = [ms[-(i + 1)] for i in range(1, order)]
+
+    def combo(rhos, extra=()):
+        terms = [(cx, x), (c0 + scale * sum(r / rk for r, rk in zip(rhos, rks)) + sum(-c for c, _ in extra), ms[-1])]
+        terms += [(-scale * r / rk, m) for r, rk, m in zip(rhos, rks, hist)]
+        return lincomb(terms + list(extra))
+
+    x_t = combo(rhos_p)
     if not use_corrector:
         return x_t, None
     m_t = model(x_t, t)
-    corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0.0
-    return x_t_ - scale * (corr + rhos_c[-1] * (m_t - m0)), m_t
+    return combo(rhos_c[:-1], [(-scale * rhos_c[-1], m_t)]), m_t
 
 
 class _Model:
