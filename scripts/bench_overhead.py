@@ -39,7 +39,7 @@ from sampler_bench.schedules import make_schedule  # noqa: E402
 from sampler_bench.solvers import REGISTRY, parse_opts, run_solver  # noqa: E402
 
 # options that make a solver with option-dependent stochasticity stochastic
-STOCHASTIC_VARIANTS = {"ddim": {"eta": "1"}}
+STOCHASTIC_VARIANTS = {"ddim": {"eta": "1"}, "dpm-2": {"s_churn": "10"}}
 
 
 class HalfDenoiser(Denoiser):
