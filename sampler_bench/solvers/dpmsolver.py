@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, register
@@ -363,6 +362,7 @@ for _k in (1, 2, 3):
     register(SolverSpec(
         name=f"dpm-solver-{_k}", fn=dpm_singlestep, family="dpm-solver", nfe=_single_nfe(_k),
         nfe_rule=f"{_k}*(steps - 1) + 1" if _k > 1 else "steps",
+        nfe_above0=lambda steps, opts, _k=_k: _k * steps, nfe_rule_above0=f"{_k}*steps" if _k > 1 else "steps",
         summary=f"DPM-Solver-{_k} (Lu et al. 2022), singlestep noise prediction, {_k} call{'s' if _k > 1 else ''}/step"
                 + (" (= DDIM)" if _k == 1 else "") + "; last step returns D",
         options={"solver_type": _SOLVER_TYPE} if _k > 1 else {},
@@ -388,6 +388,7 @@ for _k in (2, 3):
     ))
 register(SolverSpec(
     name="dpmpp-2s", fn=dpm_singlestep, family="dpm-solver", nfe=_single_nfe(2), nfe_rule="2*(steps - 1) + 1",
+    nfe_above0=lambda steps, opts: 2 * steps, nfe_rule_above0="2*steps",
     summary="DPM-Solver++(2S) (Lu et al. 2022b), singlestep data prediction, r1 = 1/2; last step returns D",
     options={"solver_type": _SOLVER_TYPE}, fixed={"order": 2, "pred": "data"}, default_schedule="logsnr",
 ))

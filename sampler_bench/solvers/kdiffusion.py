@@ -164,6 +164,7 @@ register(SolverSpec(
 ))
 register(SolverSpec(
     name="dpm-2", fn=dpm_2, family="k-diffusion", nfe=_two, nfe_rule="2*steps - 1",
+    nfe_above0=lambda steps, opts: 2 * steps, nfe_rule_above0="2*steps",
     summary="k-diffusion DPM-2: DPM-Solver-2 midpoint in log sigma, Euler last step; optional EDM churn",
     options={
         "s_churn": Option(float, 0.0, "EDM churn (0 = deterministic)", minimum=0.0),
@@ -175,16 +176,19 @@ register(SolverSpec(
 ))
 register(SolverSpec(
     name="dpm-2-ancestral", fn=dpm_2_ancestral, family="k-diffusion", nfe=_two, nfe_rule="2*steps - 1",
+    nfe_above0=lambda steps, opts: 2 * steps, nfe_rule_above0="2*steps",
     summary="k-diffusion DPM-2 ancestral: DPM-Solver-2 step to sigma_down, fresh noise up (eta <= 1)",
     options={"eta": _ETA1, "s_noise": _S_NOISE}, stochastic=_anc_stochastic, default_schedule="karras",
 ))
 register(SolverSpec(
     name="dpmpp-2s-ancestral", fn=dpmpp_2s_ancestral, family="k-diffusion", nfe=_two, nfe_rule="2*steps - 1",
+    nfe_above0=lambda steps, opts: 2 * steps, nfe_rule_above0="2*steps",
     summary="k-diffusion DPM-Solver++(2S) ancestral: 2S step to sigma_down, fresh noise up (eta <= 1)",
     options={"eta": _ETA1, "s_noise": _S_NOISE}, stochastic=_anc_stochastic, default_schedule="karras",
 ))
 register(SolverSpec(
     name="dpmpp-sde", fn=dpmpp_sde, family="k-diffusion", nfe=_two, nfe_rule="2*steps - 1",
+    nfe_above0=lambda steps, opts: 2 * steps, nfe_rule_above0="2*steps",
     summary="k-diffusion DPM-Solver++ SDE: two ancestral stages per step (r = 1/2), Brownian-correlated noise",
     options={"eta": _ETA1, "s_noise": _S_NOISE,
              "r": Option(float, 0.5, "intermediate point lambda + r h (k-diffusion r = 1/2)", minimum=0.01, maximum=1.0)},
