@@ -45,14 +45,7 @@ _E = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 4
 
 def _mixture_eval(model, x, sigma: float, labels):
     """D(x, sigma) of an analytic mixture and, per sample, its dominant component and 1 - its weight."""
-    b = x.shape[0]
-    sig = torch.tensor(sigma, dtype=F64, device=x.device)
-    logp, dk = model._component_terms(x, sig)
-    logw = logp + model.log_pi
-    if labels is not None:
-        logw = logw.masked_fill(~model._mask(model._check_labels(labels, b), b), -math.inf)
-    w = torch.softmax(logw, dim=1)
-    d = (w.unsqueeze(-1) * dk).sum(1).reshape(x.shape)
+    d, w = model.posterior_denoise(x, torch.tensor(sigma, dtype=F64, device=x.device), labels)
     wmax, kmax = w.max(1)
     return d, kmax, (1.0 - wmax)
 
