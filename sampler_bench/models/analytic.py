@@ -151,6 +151,7 @@ class GaussianMixture(Denoiser):
             setattr(self, k, getattr(self, k).to(device))
         self.device = device
         self._factors()
+        self._subspace = None
         return self
 
     def describe(self):
@@ -201,6 +202,33 @@ class GaussianMixture(Denoiser):
         logdet = (self.d - r) * torch.log(iso) + torch.log(lam_s2).sum(-1)
         logp = -0.5 * (maha + logdet + self.d * math.log(2 * math.pi))  # (B,K)
         return logp, proj, xf, s2
+
+    def subspace(self):
+        """``(Q, reduced)``: an orthonormal basis Q (d, m) of a space holding every mean and low-rank
+        direction, and this mixture written in its coordinates (means ``Q^T mu_k``, directions
+        ``Q^T U_k``); ``(None, self)`` when that space is not smaller than d.
+
+        Exact reduction of the PF-ODE: the part of ``x`` orthogonal to Q is common to every
+        component's ``|x - mu_k|^2`` (it cancels in the posterior) and the denoiser only shrinks it,
+        ``D_perp = c / (c + sigma^2) x_perp``, so it follows the isotropic map
+        ``x_perp(sigma_b) = x_perp(sigma_a) sqrt((c + sigma_b^2) / (c + sigma_a^2))`` whatever the
+        rest does, while ``Q^T x`` follows the reduced mixture's ODE. The reduced mixture's weights and
+        denoiser are exact; its ``log_marginal`` differs from the full one by a constant.
+        """
+        if getattr(self, "_subspace", None) is None:
+            k, d, r = self.U.shape
+            if k * (r + 1) >= d:
+                self._subspace = (None, self)
+            else:
+                q, _ = torch.linalg.qr(torch.cat([self.mu.T, self.U_cat], 1))  # (d, m), m = K (r + 1)
+                red = GaussianMixture.__new__(GaussianMixture)
+                red.__dict__.update(self.__dict__)
+                red.mu, red.U = self.mu @ q, torch.einsum("dm,kdr->kmr", q, self.U)
+                red.d, red.image_shape = q.shape[1], (q.shape[1],)
+                red._factors()
+                red._subspace = (None, red)
+                self._subspace = (q, red)
+        return self._subspace
 
     def _mask(self, labels, b):
         if labels is None:
