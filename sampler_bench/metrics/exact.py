@@ -11,21 +11,23 @@
 - ``ode_rms_error`` (deterministic solvers only): RMS over pixels and samples of ``x - x_ref``
   where ``x_ref`` is the exact probability-flow ODE solution from the same start ``sigma_0 * z``:
   the closed-form map for the Gaussian (``ode_map``), and :func:`reference_ode_solve` for mixtures;
-  ``ode_rms_error_max`` is the worst sample's RMS. Reference solutions are cached in-process by
-  (model, seeds, labels, sigma_0), so the cells of a sweep that share latents solve them once.
+  ``ode_rms_error_max`` is the worst sample's RMS. Reference solutions are cached by (model, seeds,
+  labels, sigma_0) and floors by (model, N, label), in process and on disk (``exact_cache.py``), so
+  the cells of a sweep and later runs that share them compute them once; the data moments are
+  computed once per (model, label) in process.
 """
 
 from __future__ import annotations
 
 import math
-import json
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 
-from sampler_bench.metrics.reference_ode import reference_ode_solve  # noqa: F401  (re-exported)
+from sampler_bench.metrics.exact_cache import cached, model_fingerprint
+from sampler_bench.metrics.reference_ode import reference_ode_solve
 from sampler_bench.metrics.stats import FeatureStats, frechet_distance
 
 F64 = torch.float64
@@ -64,8 +66,32 @@ def data_floor_stats(model, n: int, label: int | None, seed: int = 12345) -> Fea
     return st
 
 
-_REF_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, int]]" = OrderedDict()
-_REF_CACHE_SIZE = 256  # batches; a 64 x 3x32x32 float64 batch is 1.5 MB
+REF_VERSION = "dopri54-subspace-v1"  # part of the reference's cache key: bump when the solve changes
+_MOMENTS: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()  # a 3072^2 covariance is 75 MB: keep 2
+
+
+def data_moments_np(model, label: int | None):
+    """``model.data_moments(label)`` as float64 numpy, computed once per (model, label) in process."""
+    key = (model_fingerprint(model), label)
+    if key not in _MOMENTS:
+        _MOMENTS[key] = _moments_np(model, label)
+        while len(_MOMENTS) > 2:
+            _MOMENTS.popitem(last=False)
+    _MOMENTS.move_to_end(key)
+    return _MOMENTS[key]
+
+
+def pixel_fd_floor(model, n: int, label: int | None, moments=None) -> tuple[list[float], str]:
+    """The ``floor_draws(n)`` floor values for N exact samples, cached by (model, N, label)."""
+    key = {"model": model_fingerprint(model), "n": int(n), "label": label, "draws": floor_draws(n), "seed": 12345}
+
+    def compute():
+        mom = moments if moments is not None else data_moments_np(model, label)
+        return {"floors": np.array([pixel_fd(model, data_floor_stats(model, n, label, seed=12345 + k), label, mom)
+                                    for k in range(floor_draws(n))], dtype=np.float64)}
+
+    arrays, source = cached("floor", key, compute)
+    return [float(v) for v in arrays["floors"]], source
 
 
 class ExactMetricsConsumer:
@@ -82,6 +108,7 @@ class ExactMetricsConsumer:
         self.count = 0
         self.worst = 0.0
         self.ref_evals = 0
+        self.ref_sources: dict[str, int] = {}  # batches whose reference came from computed / memory / disk
 
     def _ode_reference(self, batch) -> torch.Tensor:
         dev = self.model.device if hasattr(self.model, "device") else batch.z.device
@@ -89,18 +116,18 @@ class ExactMetricsConsumer:
         if hasattr(self.model, "ode_map"):
             return self.model.ode_map(x_start, self.sigma0, 0.0)
         labels = None if batch.labels is None else batch.labels.to(dev)
-        key = (json.dumps(self.model.describe(), sort_keys=True, default=str), tuple(batch.seeds),
-               None if labels is None else tuple(labels.tolist()), self.sigma0)
-        if key in _REF_CACHE:
-            _REF_CACHE.move_to_end(key)
-            x0, evals = _REF_CACHE[key]
-        else:
+        key = {"model": model_fingerprint(self.model), "seeds": [int(v) for v in batch.seeds],
+               "labels": None if labels is None else [int(v) for v in labels.tolist()],
+               "sigma0": repr(self.sigma0), "solver": REF_VERSION}
+
+        def compute():
             x0, evals = reference_ode_solve(self.model, x_start, self.sigma0, labels)
-            _REF_CACHE[key] = (x0.cpu(), evals)
-            while len(_REF_CACHE) > _REF_CACHE_SIZE:
-                _REF_CACHE.popitem(last=False)
-        self.ref_evals += evals
-        return x0.to(dev)
+            return {"x0": x0.cpu().numpy(), "evals": np.array(evals)}
+
+        arrays, source = cached("odref", key, compute)
+        self.ref_evals += int(arrays["evals"])
+        self.ref_sources[source] = self.ref_sources.get(source, 0) + 1
+        return torch.from_numpy(arrays["x0"]).to(dev)
 
     def update(self, batch) -> None:
         x = batch.x.to(F64)
@@ -117,11 +144,9 @@ class ExactMetricsConsumer:
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.want_fd and self.stats.count >= 2:
-            moments = _moments_np(self.model, self.fixed_label)
+            moments = data_moments_np(self.model, self.fixed_label)
             out["pixel_fd"] = pixel_fd(self.model, self.stats, self.fixed_label, moments)
-            n = self.stats.count
-            floors = [pixel_fd(self.model, data_floor_stats(self.model, n, self.fixed_label, seed=12345 + k),
-                               self.fixed_label, moments) for k in range(floor_draws(n))]
+            floors, _ = pixel_fd_floor(self.model, self.stats.count, self.fixed_label, moments)
             out["pixel_fd_floor"] = float(np.mean(floors))
             out["pixel_fd_floor_std"] = float(np.std(floors, ddof=1)) if len(floors) > 1 else None
             out["pixel_fd_target"] = "marginal" if self.fixed_label is None else f"class {self.fixed_label}"

@@ -311,9 +311,10 @@ class GaussianMixture(Denoiser):
             idx = idx[self.comp_class == int(labels)]
         mu, U, s = self.mu[idx], self.U[idx], self.s[idx]
         mean = mu.mean(0)
-        cov = torch.einsum("kdr,kr,ker->de", U, s, U) / len(idx) + self.iso_var * torch.eye(self.d, dtype=F64, device=mu.device)
-        dm = mu - mean
-        cov = cov + dm.T @ dm / len(idx)
+        # sum_k U_k diag(s_k) U_k^T + (mu_k - mean)(mu_k - mean)^T as one product B B^T, B = [U_k s_k^1/2, mu_k - mean]
+        fac = torch.cat([(U * s.sqrt().unsqueeze(1)).permute(1, 0, 2).reshape(self.d, -1), (mu - mean).T], 1)
+        cov = (fac @ fac.T) / len(idx)
+        cov.diagonal().add_(self.iso_var)
         return mean, cov
 
 
