@@ -30,6 +30,7 @@ from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
+from sampler_bench.threads import check_threads, resolve_threads, thread_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,12 +71,14 @@ class RunConfig:
     fid_ref: str | None = None
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
+    threads: int | None = None  # CPU intra-op threads (None: the policy in threads.py); not part of identity
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
+        d.pop("threads", None)  # the thread count does not change the samples either
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d
 
@@ -246,7 +249,13 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
         rec["skipped"] = True
         return rec
     check_writable(out)
+    check_threads(cfg.threads)
     plan = plan_run(cfg, model)
+    with thread_count(resolve_threads(cfg.threads, plan.device)) as threads:
+        return _run_planned(cfg, plan, out, save_images, on_start, on_progress, threads)
+
+
+def _run_planned(cfg: RunConfig, plan: Plan, out: Path, save_images: bool, on_start, on_progress, threads: int) -> dict[str, Any]:
     consumers = build_consumers(cfg, plan.model, plan.spec, plan.opts, plan.sigmas)
     if on_start:
         on_start(len(cfg.seeds))
@@ -302,6 +311,7 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
                 "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
                 "num_images": n,
                 "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
+                "threads": threads,
                 "wall_time_s": round(wall, 4),
                 "images_per_s": round(n / wall, 3) if wall > 0 else None,
                 "versions": versions(),
