@@ -30,6 +30,8 @@ from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import load_model, resolve_device
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
+from sampler_bench.accel import check_precision, network_options
+from sampler_bench.noise import NOISE_STREAMS, PhiloxNoise, philox_normal, philox_randint
 from sampler_bench.threads import check_threads, resolve_threads, thread_count
 
 
@@ -72,6 +74,9 @@ class RunConfig:
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
     threads: int | None = None  # CPU intra-op threads (None: the policy in threads.py); not part of identity
+    noise: str = "edm-generate"  # per-sample noise stream (noise.py): edm-generate or philox
+    precision: str = "fp32"  # network autocast (accel.py): fp32 (off), fp16, bf16
+    compile: bool = False  # torch.compile the network (accel.py)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
@@ -79,6 +84,9 @@ class RunConfig:
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d.pop("threads", None)  # the thread count does not change the samples either
+        for k, default in (("noise", "edm-generate"), ("precision", "fp32"), ("compile", False)):
+            if d.get(k) == default:
+                d.pop(k)  # at their defaults: runs recorded before these fields existed stay the same run
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d
 
@@ -129,6 +137,9 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
         raise BenchError(f"--batch must be a positive integer; got {cfg.batch}.")
     if not cfg.seeds:
         raise BenchError("no seeds given; use --seeds 0-63 or --num 64.")
+    if cfg.noise not in NOISE_STREAMS:
+        raise BenchError(f"unknown noise stream '{cfg.noise}'; use one of {', '.join(NOISE_STREAMS)}.")
+    check_precision(cfg.precision)
     device = resolve_device(cfg.device)
     spec = get_solver(cfg.solver)
     opts = parse_opts(spec, cfg.opts)
@@ -167,18 +178,23 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
     shape = model.image_shape
     for start in range(0, len(seeds), plan.cfg.batch):
         bseeds = seeds[start: start + plan.cfg.batch]
-        gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
-        z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
+        if plan.cfg.noise == "philox":  # noise.py: one batched computation per draw, batch-size independent
+            seed_t = torch.tensor([int(s) for s in bseeds], dtype=torch.int64, device=dev)
+            z, noise = philox_normal(seed_t, 0, shape, dev), PhiloxNoise(bseeds, shape, dev)
+            draw_labels = lambda: philox_randint(seed_t, 1, model.num_classes, dev)  # noqa: E731
+        else:
+            gens = [torch.Generator(dev).manual_seed(int(s) % (1 << 32)) for s in bseeds]
+            z, noise = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64), SeededNoise(gens, shape, dev)
+            draw_labels = lambda: torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])  # noqa: E731
         if plan.label_mode == "random":
-            labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
+            labels = draw_labels()
         elif plan.label_mode is None:
             labels = None
         else:
             labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
         bound = BoundDenoiser(model, labels)
         with torch.inference_mode(not getattr(model, "needs_grad", False)):
-            x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                           noise=SeededNoise(gens, shape, dev), opts=plan.opts)
+            x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas, noise=noise, opts=plan.opts)
         if not bool(torch.isfinite(x).all()):
             raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
         batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu())
@@ -251,11 +267,13 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     check_writable(out)
     check_threads(cfg.threads)
     plan = plan_run(cfg, model)
-    with thread_count(resolve_threads(cfg.threads, plan.device)) as threads:
-        return _run_planned(cfg, plan, out, save_images, on_start, on_progress, threads)
+    with thread_count(resolve_threads(cfg.threads, plan.device)) as threads, \
+            network_options(plan.model, plan.device, compile=cfg.compile, precision=cfg.precision) as accel:
+        accel = {"threads": threads, "noise": cfg.noise, "precision": cfg.precision, **accel}
+        return _run_planned(cfg, plan, out, save_images, on_start, on_progress, accel)
 
 
-def _run_planned(cfg: RunConfig, plan: Plan, out: Path, save_images: bool, on_start, on_progress, threads: int) -> dict[str, Any]:
+def _run_planned(cfg: RunConfig, plan: Plan, out: Path, save_images: bool, on_start, on_progress, accel: dict[str, Any]) -> dict[str, Any]:
     consumers = build_consumers(cfg, plan.model, plan.spec, plan.opts, plan.sigmas)
     if on_start:
         on_start(len(cfg.seeds))
@@ -311,7 +329,8 @@ def _run_planned(cfg: RunConfig, plan: Plan, out: Path, save_images: bool, on_st
                 "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
                 "num_images": n,
                 "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
-                "threads": threads,
+                "threads": accel["threads"],
+                "accel": accel,
                 "wall_time_s": round(wall, 4),
                 "images_per_s": round(n / wall, 3) if wall > 0 else None,
                 "versions": versions(),

@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
         opt: List[str] = typer.Option([], "--opt", help="Solver option key=value (repeatable); see `bench solvers -v`."),
         class_label: Optional[str] = typer.Option(None, "--class-label", help="Class index for conditional models, or 'random' (per-sample seeded)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        noise: str = typer.Option("edm-generate", "--noise", help="Per-sample noise stream: edm-generate (EDM's per-sample generators) or philox (counter-based, batched; fast on GPU)."),
+        precision: str = typer.Option("fp32", "--precision", help="Network autocast: fp32 (off), fp16 or bf16 (changes the numbers; recorded)."),
+        compile_net: bool = typer.Option(False, "--compile", help="torch.compile the network (network models; first batch pays the compilation)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: OMP_NUM_THREADS if set, else 1 on CPU); recorded in run.json."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
@@ -53,7 +56,8 @@ def register(app: typer.Typer) -> None:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
-                        inception_weights=inception_weights, metrics=parse_metrics(metrics), threads=threads)
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics), threads=threads,
+                        noise=noise, precision=precision, compile=compile_net)
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
