@@ -31,6 +31,7 @@ from sampler_bench.models.registry import load_model, resolve_device
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
 from sampler_bench.accel import check_precision, network_options
+from sampler_bench.memory import keep_freed_memory
 from sampler_bench.noise import NOISE_STREAMS, PhiloxNoise, philox_normal, philox_randint
 from sampler_bench.threads import check_threads, resolve_threads, thread_count
 
@@ -267,6 +268,8 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     check_writable(out)
     check_threads(cfg.threads)
     plan = plan_run(cfg, model)
+    if plan.device.type == "cpu":
+        keep_freed_memory()  # memory.py: network activations reuse freed heap instead of page-faulting
     with thread_count(resolve_threads(cfg.threads, plan.device)) as threads, \
             network_options(plan.model, plan.device, compile=cfg.compile, precision=cfg.precision) as accel:
         accel = {"threads": threads, "noise": cfg.noise, "precision": cfg.precision, **accel}
