@@ -127,3 +127,17 @@ def test_cli_noise_and_precision_are_recorded(tmp_path):
     rec = json.loads((tmp_path / "r" / "run.json").read_text())
     assert rec["config"]["noise"] == "philox" and rec["config"]["precision"] == "bf16"
     assert rec["accel"] == {"threads": 1, "noise": "philox", "precision": "bf16", "channels_last": False, "compile": False}
+
+
+def test_throughput_script_runs_and_matches_the_edm_loop(tmp_path):
+    """scripts/bench_throughput.py (a benchmark, not a timed test): smoke run on a tiny batch."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--size", "tiny", "--batch", "2", "--nfe", "3", "--json", str(tmp_path / "t.json")])
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["same_images"] and rows[0]["ours_img_s"] > 0 and rows[0]["edm_img_s"] > 0
