@@ -29,8 +29,9 @@ def solves(monkeypatch):
     return calls
 
 
-def _batch(seeds, labels=None):
-    z = torch.randn(len(seeds), 3, 8, 8, generator=torch.Generator().manual_seed(seeds[0]), dtype=torch.float64)
+def _batch(seeds, labels=None, z_seed=None):
+    g = torch.Generator().manual_seed(seeds[0] if z_seed is None else z_seed)
+    z = torch.randn(len(seeds), 3, 8, 8, generator=g, dtype=torch.float64)
     return SampleBatch(seeds=list(seeds), labels=labels, z=z, x=torch.zeros_like(z),
                        images=torch.zeros(len(seeds), 8, 8, 3, dtype=torch.uint8))
 
@@ -69,6 +70,7 @@ def test_every_key_change_invalidates_the_reference(cache_dir, solves):
         (m, _batch([3, 4]), 79.0),  # sigma_0
         (load_model(SMALL + ",scale=0.13"), _batch([3, 4]), 80.0),  # a model parameter describe() omits
         (load_model(SMALL + ",seed=1"), _batch([3, 4]), 80.0),  # the model's components
+        (m, _batch([3, 4], z_seed=99), 80.0),  # same seeds, other latents (another noise stream)
     ]
     for i, (model, batch, s0) in enumerate(variants):
         exact_cache.clear_memory()

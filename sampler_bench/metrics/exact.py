@@ -12,13 +12,14 @@
   where ``x_ref`` is the exact probability-flow ODE solution from the same start ``sigma_0 * z``:
   the closed-form map for the Gaussian (``ode_map``), and :func:`reference_ode_solve` for mixtures;
   ``ode_rms_error_max`` is the worst sample's RMS. Reference solutions are cached by (model, seeds,
-  labels, sigma_0) and floors by (model, N, label), in process and on disk (``exact_cache.py``), so
+  labels, sigma_0, latents' SHA-256) and floors by (model, N, label), in process and on disk (``exact_cache.py``), so
   the cells of a sweep and later runs that share them compute them once; the data moments are
   computed once per (model, label) in process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from typing import Any
@@ -116,9 +117,12 @@ class ExactMetricsConsumer:
         if hasattr(self.model, "ode_map"):
             return self.model.ode_map(x_start, self.sigma0, 0.0)
         labels = None if batch.labels is None else batch.labels.to(dev)
+        # the seeds name the latents only for one noise stream (edm-generate, philox, ...): the key
+        # also holds a SHA-256 of the latents themselves
+        z_sha = hashlib.sha256(np.ascontiguousarray(batch.z.detach().to(F64).cpu().numpy()).tobytes()).hexdigest()
         key = {"model": model_fingerprint(self.model), "seeds": [int(v) for v in batch.seeds],
                "labels": None if labels is None else [int(v) for v in labels.tolist()],
-               "sigma0": repr(self.sigma0), "solver": REF_VERSION}
+               "sigma0": repr(self.sigma0), "z_sha256": z_sha, "solver": REF_VERSION}
 
         def compute():
             x0, evals = reference_ode_solve(self.model, x_start, self.sigma0, labels)

@@ -1,7 +1,8 @@
 """Cache of the exact metrics' expensive pure functions, in process and on disk.
 
-The exact-ODE reference of a batch is a pure function of (model, seeds, labels, sigma_0) and the
-pixel-FD floor of (model, N, label): both are computed once and reused by every run and sweep cell
+The exact-ODE reference of a batch is a pure function of (model, latents, labels, sigma_0) (keyed by
+the seeds plus a SHA-256 of the latents, which depend on the noise stream) and the pixel-FD floor
+of (model, N, label): both are computed once and reused by every run and sweep cell
 that asks again. Each entry is keyed by a SHA-256 over its full key (the model's fingerprint: its
 description and the bytes of its parameters; the solver version and tolerances), stored as an
 ``.npz`` with the key text and a SHA-256 of its arrays; an entry whose key text or checksum does not
