@@ -39,6 +39,10 @@ from sampler_bench.progress import phase
 from sampler_bench.rundir import check_replaceable, config_diff, read_run_record
 from sampler_bench.schedules import make_schedule, parse_schedule
 from sampler_bench.solvers import check_final_step, get_solver, parse_opts, run_solver, steps_for_nfe
+from sampler_bench.accel import check_precision, network_options
+from sampler_bench.memory import keep_freed_memory
+from sampler_bench.noise import PhiloxNoise, philox_normal, philox_randint
+from sampler_bench.threads import check_threads, resolve_threads, thread_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,16 +89,21 @@ class RunConfig:
     noise: str = "edm-generate"  # the noise stream (NOISE_STREAMS)
     preset: str | None = None  # the protocol preset these fields were expanded from (presets.py)
     allow_large_nfe: bool = False  # NFE above limits.MAX_NFE (not part of the run's identity)
+    threads: int | None = None  # CPU intra-op threads (None: the policy in threads.py); not part of identity
+    precision: str = "fp32"  # network autocast (accel.py): fp32 (off), fp16, bf16
+    compile: bool = False  # torch.compile the network (accel.py)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("allow_large_nfe", None)  # a permission, not a property of the samples
+        d.pop("threads", None)  # the thread count does not change the samples either
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         # fields at their defaults are left out, so runs recorded before these fields existed still match
-        for k, default in (("final_step", "zero"), ("noise", "edm-generate"), ("preset", None)):
+        for k, default in (("final_step", "zero"), ("noise", "edm-generate"), ("preset", None), ("precision", "fp32"),
+                           ("compile", False)):
             if d.get(k) == default:
                 d.pop(k)
         return d
@@ -129,12 +138,13 @@ class SeededNoise:
 #: (float64, shaped like one sample) in order, as EDM's generate.py StackedRandomGenerator.
 NOISE_STREAMS: dict[str, str] = {
     "edm-generate": "per-sample torch.Generator (EDM generate.py StackedRandomGenerator): latent, label, then every solver draw",
+    "philox": "counter-based Philox4x32-10 per (seed, draw, element), one batched computation per draw (noise.py; fast on GPU)",
 }
 
 
 def check_noise(name: str) -> str:
     if name not in NOISE_STREAMS:
-        raise BenchError(f"noise stream '{name}' is not known; use one of {', '.join(NOISE_STREAMS)}.")
+        raise BenchError(f"unknown noise stream '{name}'; use one of {', '.join(NOISE_STREAMS)}.")
     return name
 
 
@@ -161,6 +171,8 @@ def check_config(cfg: RunConfig, dist=None) -> tuple[torch.device, Any, dict[str
         raise BenchError(f"--batch must be a positive integer; got {cfg.batch}.")
     check_final_step(cfg.final_step)
     check_noise(cfg.noise)
+    check_precision(cfg.precision)
+    check_threads(cfg.threads)
     if cfg.preset is not None:
         from sampler_bench.presets import get_preset
 
@@ -211,10 +223,16 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
     :class:`SampleBatch` and the denoiser calls it took."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
-    gens = [torch.Generator(dev).manual_seed(int(s)) for s in bseeds]  # seeds are checked to be < 2^32
-    z = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64)
+    if plan.cfg.noise == "philox":  # noise.py: one batched computation per draw, batch-size independent
+        seed_t = torch.tensor([int(s) for s in bseeds], dtype=torch.int64, device=dev)
+        z, noise = philox_normal(seed_t, 0, shape, dev), PhiloxNoise(bseeds, shape, dev)
+        draw_labels = lambda: philox_randint(seed_t, 1, model.num_classes, dev)  # noqa: E731
+    else:  # edm-generate; seeds are checked to be < 2^32
+        gens = [torch.Generator(dev).manual_seed(int(s)) for s in bseeds]
+        z, noise = torch.stack([torch.randn(shape, generator=g, device=dev) for g in gens]).to(F64), SeededNoise(gens, shape, dev)
+        draw_labels = lambda: torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])  # noqa: E731
     if plan.label_mode == "random":
-        labels = torch.stack([torch.randint(model.num_classes, (), generator=g, device=dev) for g in gens])
+        labels = draw_labels()
     elif plan.label_mode is None:
         labels = None
     else:
@@ -226,7 +244,7 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
         bound = BoundDenoiser(model, labels) if on_call is None else _ReportingDenoiser(model, labels, on_call)
         with torch.inference_mode(not getattr(model, "needs_grad", False)):
             x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
-                           noise=SeededNoise(gens, shape, dev), opts=plan.opts, final_step=plan.final_step)
+                           noise=noise, opts=plan.opts, final_step=plan.final_step)
     if not bool(torch.isfinite(x).all()):
         raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
     batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
@@ -335,6 +353,16 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     check_writable(out)
     dist = distributed.current(cfg.device)
     plan = plan_run(cfg, model, dist)
+    if plan.device.type == "cpu":
+        keep_freed_memory()  # memory.py: network activations reuse freed heap instead of page-faulting
+    with thread_count(resolve_threads(cfg.threads, plan.device)) as threads, \
+            network_options(plan.model, plan.device, compile=cfg.compile, precision=cfg.precision) as accel:
+        accel = {"threads": threads, "noise": cfg.noise, "precision": cfg.precision, **accel}
+        return _run_planned(cfg, plan, out, dist, save_images, on_start, on_progress, accel)
+
+
+def _run_planned(cfg: RunConfig, plan: Plan, out: Path, dist, save_images: bool, on_start, on_progress,
+                 accel: dict[str, Any]) -> dict[str, Any]:
     consumers = build_consumers(cfg, plan.model, plan.spec, plan.opts, plan.sigmas)
     if dist.enabled:
         unsupported = [type(c).__name__ for c in consumers if not hasattr(c, "merge")]
@@ -345,7 +373,7 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
     t0 = time.perf_counter()
     try:
         with shared_atomic_dir(out, dist) as tmp:
-            record, _metrics_time = _sample_into(plan, consumers, tmp, dist, save_images, on_progress, t0)
+            record, _metrics_time = _sample_into(plan, consumers, tmp, dist, save_images, on_progress, t0, accel)
     except OSError as exc:
         raise BenchError(f"cannot write the run directory '{out}': {exc.strerror or exc}; choose another --out.") from None
     return record
@@ -381,7 +409,7 @@ def shared_atomic_dir(out: Path, dist):
 
 
 def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
-                 on_progress: Callable[[int], None] | None, t0: float) -> tuple[dict[str, Any], float]:
+                 on_progress: Callable[[int], None] | None, t0: float, accel: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Sample every batch of this rank into the run directory ``tmp`` being built; rank 0 writes the
     files that describe the whole run and returns its record (broadcast to every rank)."""
     cfg = plan.cfg
@@ -421,7 +449,7 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
     result: tuple[str, Any] = ("ok", None)
     if dist.is_main:
         try:
-            record, m_time = _finish_run(plan, consumers, tmp, labels, calls, wall, dist.world)
+            record, m_time = _finish_run(plan, consumers, tmp, labels, calls, wall, dist.world, accel)
             metrics_time += m_time
             result = ("ok", record)
         except Exception as exc:  # noqa: BLE001 -- told to the other ranks, then raised here
@@ -475,7 +503,7 @@ def _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels
 
 
 def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: list[int], wall: float,
-                world: int) -> tuple[dict[str, Any], float]:
+                world: int, accel: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Write samples.npz, grid.png, metrics.json and run.json of a complete run into ``tmp``."""
     cfg = plan.cfg
     n = len(cfg.seeds)
@@ -509,6 +537,8 @@ def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: lis
         "num_images": n,
         "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
         "world_size": world,
+        "threads": accel["threads"],
+        "accel": accel,
         "wall_time_s": round(wall, 4),
         "images_per_s": round(n / wall, 3) if wall > 0 else None,
         "versions": versions(),

@@ -12,6 +12,11 @@ on the same shape, dtype (float64) and device, measured in the same run.
     python scripts/bench_overhead.py --device cuda --batch 256
     python scripts/bench_overhead.py --solvers euler,heun --threads 1 --json overhead.json
 
+After the registered solvers come the peers on the same denoiser and karras schedule: EDM's sampler
+loop as its generate.py runs it (written by us from EDM's Algorithm 2 with S_churn = 0: out-of-place
+expressions and a per-sample ``randn_like`` every step, shown in the noise column) and, when the
+``k-diffusion`` package is installed, its ``sample_dpmpp_2m``, ``sample_euler`` and ``sample_heun``.
+
 Columns: ``total`` wall time of one solve; ``denoiser`` time inside the NFE calls (the BoundDenoiser
 the solver sees); ``noise`` time drawing per-sample-seeded noise (``SeededNoise``, as `bench sample`
 does: one generator per sample); ``overhead/step`` = (total - denoiser) / steps, also shown
@@ -119,6 +124,62 @@ def time_solver(spec, opts, steps, shape, device):
     return {"total": time.perf_counter() - t0, "denoiser": bound.seconds, "noise": noise.seconds, "nfe": bound.calls}
 
 
+# ---------------------------------------------------------------------------------------------
+# Peers on the same denoiser and schedule: EDM's sampler loop (written by us from Algorithm 1/2 as
+# EDM's generate.py runs it: out-of-place float64 expressions, a per-sample randn_like churn draw
+# every step even at S_churn = 0) and k-diffusion's samplers when the package is installed.
+# ---------------------------------------------------------------------------------------------
+
+
+def edm_generate_loop(denoise, x, sigmas, noise):
+    """EDM generate.py's edm_sampler with S_churn = 0 (Heun, no correction on the last step)."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        t_hat = t_cur  # gamma = 0
+        x_hat = x + (t_hat**2 - t_cur**2).sqrt() * noise(t_cur, t_hat)
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < n - 1:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+def _peers():
+    """(name, fn(denoise, x, sigmas, noise), nfe(steps), uses_noise) for every peer available here."""
+    peers = [("edm-generate loop", edm_generate_loop, lambda st: 2 * st - 1, True)]
+    try:
+        import k_diffusion.sampling as ks  # noqa: F401
+    except ImportError:
+        return peers, "k-diffusion is not installed (pip install k-diffusion to add its samplers)"
+
+    def kd(fn):
+        def run(denoise, x, sigmas, noise):
+            return fn(lambda xx, s: denoise(xx, s.reshape(-1)[0]), x, sigmas, disable=True)
+        return run
+
+    peers += [("k-diffusion dpmpp_2m", kd(ks.sample_dpmpp_2m), lambda st: st, False),
+              ("k-diffusion euler", kd(ks.sample_euler), lambda st: st, False),
+              ("k-diffusion heun", kd(ks.sample_heun), lambda st: 2 * st - 1, False)]
+    return peers, "k-diffusion " + getattr(__import__("k_diffusion"), "__version__", "")
+
+
+def time_peer(fn, steps, shape, device):
+    model = HalfDenoiser(shape[1:], device)
+    sigmas = make_schedule("karras", steps, model).to(device)
+    gens = [torch.Generator(device).manual_seed(i) for i in range(shape[0])]
+    z = torch.randn(shape, dtype=F64, device=device, generator=torch.Generator(device).manual_seed(0))
+    bound = TimedDenoiser(model, device)
+    noise = TimedNoise(gens, shape[1:], device)
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(bound, z * sigmas[0], sigmas, noise)
+    _sync(device)
+    return {"total": time.perf_counter() - t0, "denoiser": bound.seconds, "noise": noise.seconds, "nfe": bound.calls}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -174,6 +235,18 @@ def main(argv=None):
                      "overhead_per_step_s": over, "overhead_per_step_floors": over / floor,
                      "overhead_per_step_floors_without_noise": over_nn / floor})
         print(f"{name:<22} {label:<10} {r['nfe']:>4} {r['total'] * 1e3:>9.2f} {r['denoiser'] * 1e3:>11.2f} "
+              f"{r['noise'] * 1e3:>9.2f} {over * 1e6:>16.1f} {over / floor:>8.1f} {over_nn / floor:>17.1f}")
+    peers, note = _peers()
+    print(f"# peers on the same denoiser and karras schedule ({note})")
+    for pname, fn, _nfe, _ in peers:
+        time_peer(fn, args.steps, shape, device)  # warm-up
+        r = min((time_peer(fn, args.steps, shape, device) for _ in range(args.repeats)), key=lambda r: r["total"])
+        over = (r["total"] - r["denoiser"]) / args.steps
+        over_nn = (r["total"] - r["denoiser"] - r["noise"]) / args.steps
+        rows.append({"solver": pname, "peer": True, "steps": args.steps, "nfe": r["nfe"], "total_s": r["total"],
+                     "denoiser_s": r["denoiser"], "noise_s": r["noise"], "overhead_per_step_s": over,
+                     "overhead_per_step_floors": over / floor, "overhead_per_step_floors_without_noise": over_nn / floor})
+        print(f"{pname:<22} {'peer':<10} {r['nfe']:>4} {r['total'] * 1e3:>9.2f} {r['denoiser'] * 1e3:>11.2f} "
               f"{r['noise'] * 1e3:>9.2f} {over * 1e6:>16.1f} {over / floor:>8.1f} {over_nn / floor:>17.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"floor_s": floor, "shape": list(shape), "device": str(device),

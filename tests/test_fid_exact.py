@@ -91,7 +91,9 @@ def test_reference_solutions_are_cached_across_runs(monkeypatch):
     z = _z(3, seed=5)
     batch = SampleBatch(seeds=[7, 8, 9], labels=None, z=z, x=torch.zeros_like(z),
                         images=torch.zeros(3, 8, 8, 3, dtype=torch.uint8))
-    exact._REF_CACHE.clear()
+    from sampler_bench.metrics import exact_cache
+
+    exact_cache.clear_memory()
     calls = []
     real = exact.reference_ode_solve
     monkeypatch.setattr(exact, "reference_ode_solve", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -249,7 +249,7 @@ def test_deis_official_preset_runs_the_official_grid_and_records_it(tmp_path):
 
 def test_cli_errors_for_final_step_and_noise(tmp_path):
     for args, msg in ((["--final-step", "last"], "final step 'last' is not valid"),
-                      (["--noise", "philox"], "noise stream 'philox' is not known")):
+                      (["--noise", "xorshift"], "unknown noise stream 'xorshift'")):
         res = runner.invoke(app, ["sample", "--solver", "euler", "--nfe", "3", "--num", "1", "--out", str(tmp_path / "x"), *args])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
         assert not (tmp_path / "x").exists()

@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
         opt: List[str] = typer.Option([], "--opt", help="Solver option key=value (repeatable); see `bench solvers -v`."),
         preset: Optional[str] = typer.Option(None, "--preset", help="Official protocol preset (solver, options, grid, final step, noise; see `bench presets`); explicit options override it."),
         final_step: Optional[str] = typer.Option(None, "--final-step", help="zero (default: last step to sigma 0), none (stop at the last grid sigma) or denoise (one more counted D call there)."),
-        noise: Optional[str] = typer.Option(None, "--noise", help="Noise stream (default edm-generate: per-sample generators as EDM's generate.py)."),
+        noise: Optional[str] = typer.Option(None, "--noise", help="Per-sample noise stream: edm-generate (default: EDM's per-sample generators, reproduces generate.py) or philox (counter-based, batched; fast on GPU)."),
         class_label: Optional[str] = typer.Option(None, "--class-label", help="Class index for conditional models, or 'random' (per-sample seeded)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/.", metavar=""),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only a sampler_bench run, never other files).", metavar=""),
         allow_large_nfe: bool = typer.Option(False, "--allow-large-nfe", help="Allow --nfe above 10,000.", metavar=""),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr.", metavar=""),
+        precision: str = typer.Option("fp32", "--precision", help="Network autocast: fp32 (off), fp16 or bf16 (changes the numbers; recorded)."),
+        compile_net: bool = typer.Option(False, "--compile", help="torch.compile the network (network models; first batch pays the compilation).", metavar=""),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: OMP_NUM_THREADS if set, else 1 on CPU); recorded in run.json."),
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
@@ -63,7 +66,7 @@ def register(app: typer.Typer) -> None:
                         opts=run["opts"], class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
                         final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset,
-                        allow_large_nfe=allow_large_nfe)
+                        allow_large_nfe=allow_large_nfe, threads=threads, precision=precision, compile=compile_net)
         with CliProgress(quiet):
             rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images)
         if as_json:

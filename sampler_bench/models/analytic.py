@@ -158,6 +158,14 @@ class GaussianMixture(Denoiser):
         self.comp_class = torch.arange(n_comp) // self.per_class  # (K,)
         self.log_pi = torch.full((n_comp,), -math.log(n_comp), dtype=F64)
         self.device = torch.device("cpu")
+        self._factors()
+
+    def _factors(self):
+        """Derived low-rank factors: ``U`` side by side (d, K*r), ``mu_k . U_k`` (K, r), ``lam`` (K, r)."""
+        k, d, r = self.U.shape
+        self.U_cat = self.U.permute(1, 0, 2).reshape(d, k * r)
+        self.mu_U = torch.einsum("kd,kdr->kr", self.mu, self.U)
+        self.lam = self.s + self.iso_var
 
     # -- bookkeeping ------------------------------------------------------------------------------
     @property
@@ -169,6 +177,8 @@ class GaussianMixture(Denoiser):
         for k in ("mu", "U", "s", "comp_class", "log_pi"):
             setattr(self, k, getattr(self, k).to(device))
         self.device = device
+        self._factors()
+        self._subspace = None
         return self
 
     def describe(self):
@@ -193,43 +203,94 @@ class GaussianMixture(Denoiser):
 
     # -- exact quantities -------------------------------------------------------------------------
     def _component_terms(self, x, sigma):
-        """Per-component log N(x; mu_k, Sigma_k + sigma^2 I) (unnormalised by pi) and D_k(x)."""
+        """Per-component log N(x; mu_k, Sigma_k + sigma^2 I) (unnormalised by pi): (B, K), and the
+        low-rank coordinates ``proj = U_k^T (x - mu_k)``: (B, K, r), the flattened ``x`` and ``sigma^2``.
+
+        Never builds a batch x components x pixels tensor: ``|x - mu_k|^2`` is reduced one component
+        at a time (a B x d buffer, no cancellation), the projections are one matmul on ``U_cat``.
+        """
         b = x.shape[0]
-        xf = x.reshape(b, 1, self.d).to(F64)
-        y = xf - self.mu.unsqueeze(0)  # (B,K,d)
-        proj = torch.einsum("bkd,kdr->bkr", y, self.U)  # (B,K,r)
-        s2 = self._sig2(sigma, b)  # (B,1,1)
-        lam = self.s.unsqueeze(0) + self.iso_var  # (1,K,r)
-        iso = self.iso_var + s2  # (B,1,1)
-        maha = (y * y).sum(-1) / iso[..., 0] + (proj**2 * (1 / (lam + s2) - 1 / iso)).sum(-1)
-        logdet = (self.d - self.rank) * torch.log(iso[..., 0]) + torch.log(lam + s2).sum(-1)
+        kn, r = self.mu_U.shape
+        xf = x.reshape(b, self.d).to(F64)
+        s2 = self._sig2(sigma, b).reshape(b, 1)  # (B,1)
+        if xf.requires_grad and torch.is_grad_enabled():  # autograd (tests): out= is not differentiable
+            sq = torch.stack([(xf - self.mu[k]).square().sum(1) for k in range(kn)], 1)
+        else:
+            sq = torch.empty(b, kn, dtype=F64, device=xf.device)
+            buf = torch.empty_like(xf)
+            for k in range(kn):
+                torch.sub(xf, self.mu[k], out=buf)
+                torch.linalg.vector_norm(buf, dim=1, out=sq[:, k])
+            sq.square_()
+        proj = (xf @ self.U_cat).reshape(b, kn, r) - self.mu_U  # (B,K,r)
+        iso = self.iso_var + s2  # (B,1)
+        lam_s2 = self.lam + s2.unsqueeze(-1)  # (B,K,r)
+        maha = sq / iso + (proj.square() * (1 / lam_s2 - 1 / iso.unsqueeze(-1))).sum(-1)
+        logdet = (self.d - r) * torch.log(iso) + torch.log(lam_s2).sum(-1)
         logp = -0.5 * (maha + logdet + self.d * math.log(2 * math.pi))  # (B,K)
-        shrink_iso = self.iso_var / iso  # (B,1,1)
-        coef = lam / (lam + s2) - shrink_iso  # (B,K,r)
-        dk = self.mu.unsqueeze(0) + shrink_iso * y + torch.einsum("bkr,kdr->bkd", coef * proj, self.U)
-        return logp, dk
+        return logp, proj, xf, s2
+
+    def subspace(self):
+        """``(Q, reduced)``: an orthonormal basis Q (d, m) of a space holding every mean and low-rank
+        direction, and this mixture written in its coordinates (means ``Q^T mu_k``, directions
+        ``Q^T U_k``); ``(None, self)`` when that space is not smaller than d.
+
+        Exact reduction of the PF-ODE: the part of ``x`` orthogonal to Q is common to every
+        component's ``|x - mu_k|^2`` (it cancels in the posterior) and the denoiser only shrinks it,
+        ``D_perp = c / (c + sigma^2) x_perp``, so it follows the isotropic map
+        ``x_perp(sigma_b) = x_perp(sigma_a) sqrt((c + sigma_b^2) / (c + sigma_a^2))`` whatever the
+        rest does, while ``Q^T x`` follows the reduced mixture's ODE. The reduced mixture's weights and
+        denoiser are exact; its ``log_marginal`` differs from the full one by a constant.
+        """
+        if getattr(self, "_subspace", None) is None:
+            k, d, r = self.U.shape
+            if k * (r + 1) >= d:
+                self._subspace = (None, self)
+            else:
+                q, _ = torch.linalg.qr(torch.cat([self.mu.T, self.U_cat], 1))  # (d, m), m = K (r + 1)
+                red = GaussianMixture.__new__(GaussianMixture)
+                red.__dict__.update(self.__dict__)
+                red.mu, red.U = self.mu @ q, torch.einsum("dm,kdr->kmr", q, self.U)
+                red.d, red.image_shape = q.shape[1], (q.shape[1],)
+                red._factors()
+                red._subspace = (None, red)
+                self._subspace = (q, red)
+        return self._subspace
 
     def _mask(self, labels, b):
         if labels is None:
             return None
         return self.comp_class.unsqueeze(0) == labels.unsqueeze(1)  # (B,K)
 
-    def denoise(self, x, sigma, labels=None):
+    def posterior_denoise(self, x, sigma, labels=None):
+        """``D(x, sigma)`` (shape of x) and the component posterior ``w`` (B, K), exact.
+
+        ``D = sum_k w_k (mu_k + c/(c+s2) (x - mu_k) + U_k diag(lam/(lam+s2) - c/(c+s2)) proj_k)``,
+        summed on the factors: ``(1 - a) W mu + a x + [w_k coef_k proj_k]_k U_cat^T`` with
+        ``a = c / (c + sigma^2)`` and ``W mu = sum_k w_k mu_k``.
+        """
         b = x.shape[0]
         labels = self._check_labels(labels, b)
-        logp, dk = self._component_terms(x, sigma)
+        logp, proj, xf, s2 = self._component_terms(x, sigma)
         logw = logp + self.log_pi
         mask = self._mask(labels, b)
         if mask is not None:
             logw = logw.masked_fill(~mask, -math.inf)
         w = torch.softmax(logw, dim=1)
-        return (w.unsqueeze(-1) * dk).sum(1).reshape(x.shape)
+        shrink = self.iso_var / (self.iso_var + s2)  # (B,1)
+        coef = self.lam / (self.lam + s2.unsqueeze(-1)) - shrink.unsqueeze(-1)  # (B,K,r)
+        wmu = w @ self.mu  # (B,d)
+        d = torch.addmm(torch.lerp(wmu, xf, shrink), (w.unsqueeze(-1) * coef * proj).reshape(b, -1), self.U_cat.T)
+        return d.reshape(x.shape), w
+
+    def denoise(self, x, sigma, labels=None):
+        return self.posterior_denoise(x, sigma, labels)[0]
 
     def log_marginal(self, x, sigma, labels=None):
         """log p(x_sigma) (or log p(x_sigma | y) with labels), exact."""
         b = x.shape[0]
         labels = self._check_labels(labels, b)
-        logp, _ = self._component_terms(x, sigma)
+        logp = self._component_terms(x, sigma)[0]
         logw = logp + self.log_pi
         mask = self._mask(labels, b)
         if mask is not None:
@@ -240,7 +301,7 @@ class GaussianMixture(Denoiser):
         """log p(y | x_sigma) for every class: (B, num_classes); rows sum to 1 in probability."""
         if self.num_classes == 0:
             raise BenchError(f"model '{self.name}' is unconditional and has no class posterior.")
-        logp, _ = self._component_terms(x, sigma)
+        logp = self._component_terms(x, sigma)[0]
         logw = logp + self.log_pi
         per_class = logw.reshape(x.shape[0], self.num_classes, self.per_class)
         lc = torch.logsumexp(per_class, -1)
@@ -277,9 +338,10 @@ class GaussianMixture(Denoiser):
             idx = idx[self.comp_class == int(labels)]
         mu, U, s = self.mu[idx], self.U[idx], self.s[idx]
         mean = mu.mean(0)
-        cov = torch.einsum("kdr,kr,ker->de", U, s, U) / len(idx) + self.iso_var * torch.eye(self.d, dtype=F64, device=mu.device)
-        dm = mu - mean
-        cov = cov + dm.T @ dm / len(idx)
+        # sum_k U_k diag(s_k) U_k^T + (mu_k - mean)(mu_k - mean)^T as one product B B^T, B = [U_k s_k^1/2, mu_k - mean]
+        fac = torch.cat([(U * s.sqrt().unsqueeze(1)).permute(1, 0, 2).reshape(self.d, -1), (mu - mean).T], 1)
+        cov = (fac @ fac.T) / len(idx)
+        cov.diagonal().add_(self.iso_var)
         return mean, cov
 
 

@@ -383,7 +383,9 @@ def build_network(ema) -> torch.nn.Module:
     kwargs = check_init_kwargs(ema.class_name, ema.init_kwargs)
     flat = flatten_state_dict(ema)
     try:
-        with torch.device("meta"), nets.skip_init():
+        # built on the CPU with uninitialised storage (skip_init), not on the meta device: torch's first
+        # meta-device arithmetic imports torch._dynamo (about 2 s), longer than reading the file
+        with nets.skip_init():
             net = nets.PRECONDITIONERS[ema.class_name](**kwargs)
     except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as exc:
         raise _Refused(f"its constructor arguments do not build a {ema.class_name} ({exc})") from None

@@ -159,13 +159,40 @@ def _eps(denoise, x, s):
     return (x - denoise(x, s)) / s
 
 
+def _floats(sigmas) -> list[float]:
+    """The schedule as Python floats: one device-to-host copy up front, none per step."""
+    return [float(v) for v in as_f64(sigmas).cpu()]
+
+
+def _eps_into(out, denoise, x, s):
+    """eps = (x - D(x, s)) / s written into ``out`` (the same float64 operations as :func:`_eps`)."""
+    return torch.sub(x, denoise(x, s), out=out).div_(s)
+
+
+def _combine_into(out, tmp, coefs: Sequence[float], terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """out = sum_j c_j terms_j in two preallocated buffers, rounding exactly as ``sum(c * t)``
+    (each product rounded, then added in order; no fused multiply-add, which would round once)."""
+    torch.mul(terms[0], coefs[0], out=out)
+    for cj, tj in zip(coefs[1:], terms[1:]):
+        out.add_(torch.mul(tj, cj, out=tmp))
+    return out
+
+
 def _multistep(denoise, x, sigmas, coefs):
-    """x_{i+1} = x_i + sum_j C_ij eps_{i-j} (official ``ab_step`` divided by sqrt(abar_{i+1}))."""
+    """x_{i+1} = x_i + sum_j C_ij eps_{i-j} (official ``ab_step`` divided by sqrt(abar_{i+1})).
+
+    In place: the eps history lives in at most ``order + 1`` preallocated buffers (the oldest is
+    reused for the newest) and the combination in two more, so no temporary per term or step; the
+    floating-point operations and their order are those of ``x + sum(c * e)`` (bit-identical, tested)."""
+    x = x.clone()
+    acc, tmp = torch.empty_like(x), torch.empty_like(x)
     hist: list[torch.Tensor] = []
+    cap = max(len(c) for c in coefs)
     for i, c in enumerate(coefs):
-        hist.insert(0, _eps(denoise, x, sigmas[i]))
-        del hist[len(c):]
-        x = x + sum(float(cj) * e for cj, e in zip(c, hist))
+        buf = hist.pop() if len(hist) == cap else torch.empty_like(x)
+        hist.insert(0, _eps_into(buf, denoise, x, sigmas[i]))
+        cs = [float(v) for v in c]
+        x.add_(_combine_into(acc, tmp, cs, hist[: len(cs)]))
     return x
 
 
@@ -205,20 +232,27 @@ RK_ORDER = {"euler": 1, "heun": 2, "kutta3": 3, "ral3": 3, "heun3": 3, "vdh3": 3
 
 
 def deis_rhork(denoise, x, sigmas, *, noise=None, method="kutta3"):
-    """rhoRK-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_rk``): RK on dx/dsigma = eps."""
+    """rhoRK-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_rk``): RK on dx/dsigma = eps.
+
+    In place in preallocated stage buffers; the same operations, in the same order, as the textbook
+    ``x + h * sum(a * k)`` (bit-identical, tested)."""
     c, a, b = RK_TABLEAUS[method]
     n = len(sigmas) - 1
+    sig = _floats(sigmas)
+    x = x.clone()
+    k = [torch.empty_like(x) for _ in c]
+    xs, acc, tmp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        h = s_next - s
-        k = [_eps(denoise, x, s)]
-        if s_next == 0:  # final step to sigma = 0: Euler, returns D(x, s)
-            x = x + h * k[0]
+        h = sig[i + 1] - sig[i]
+        _eps_into(k[0], denoise, x, sigmas[i])
+        if sig[i + 1] == 0:  # final step to sigma = 0: Euler, returns D(x, s)
+            x.add_(torch.mul(k[0], h, out=acc))
             continue
+        h_dev = sigmas[i + 1] - sigmas[i]
         for st in range(1, len(c)):
-            xs = x + h * sum(a[st - 1][j] * k[j] for j in range(st))
-            k.append(_eps(denoise, xs, s + c[st] * h))
-        x = x + h * sum(bj * kj for bj, kj in zip(b, k))
+            torch.add(x, _combine_into(acc, tmp, a[st - 1], k[:st]).mul_(h), out=xs)
+            _eps_into(k[st], denoise, xs, sigmas[i] + c[st] * h_dev)
+        x.add_(_combine_into(acc, tmp, b, k).mul_(h))
     return x
 
 

@@ -26,6 +26,7 @@ TOP_KEYS = {
     "schedule": "step schedule NAME[:k=v,...], a list of them, or null for each solver's default",
     "class_label": "null, 'random' or a class index",
     "device": "auto, cpu or cuda",
+    "threads": "CPU threads per run (default: OMP_NUM_THREADS, else 1 on CPU)",
     "metrics": "mapping {fid, names, inception_weights}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
@@ -392,6 +393,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     batch = _int(ctx, "batch", raw.get("batch", 64))
     schedules = _schedules(ctx, "schedule", raw.get("schedule"))
     class_label = _class_label(ctx, "class_label", raw.get("class_label"))
+    threads = None if raw.get("threads") is None else _int(ctx, "threads", raw.get("threads"))
     device = raw.get("device", "auto")
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ctx.err("device", f"{device!r} is not valid; use auto, cpu or cuda.")
@@ -472,7 +474,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                         class_label=m.get("class_label", class_label), device=device,
                                         fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
                                         final_step=s["final_step"], noise=s["noise"], preset=s["preset"],
-                                        allow_large_nfe=allow_large)
+                                        allow_large_nfe=allow_large, threads=threads)
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts), s["final_step"])
