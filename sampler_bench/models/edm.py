@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import io
 import math
+import os
 import pickle
 import types
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import torch
 from sampler_bench.errors import BenchError
 from sampler_bench.models.base import F64, Denoiser, DiscreteVP, LinearVP, as_f64
 from sampler_bench.models.nets import edm as nets
+from sampler_bench.models.safe_pickle import PickleRefused, StorageRecord, load_legacy_storage, scan_pickle, short_repr
 
 PERSISTENCE_VERSION = 6
 PICKLE_PROTOCOLS = (4, 5)  # EDM writes protocol 4 (Python >= 3.8 default); 5 only adds out-of-band buffers
@@ -116,16 +118,42 @@ def _no_hooks(hooks):
     raise _Refused("a tensor with backward hooks")
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise _Refused("a tensor whose storage is not a tensor storage")
-    ok_ints = lambda v: isinstance(v, tuple) and all(isinstance(i, int) for i in v)  # noqa: E731
-    if not (isinstance(storage_offset, int) and ok_ints(size) and ok_ints(stride) and len(size) == len(stride)):
-        raise _Refused("a malformed tensor header")
-    _no_hooks(backward_hooks)
-    if metadata:
-        raise _Refused("tensor metadata")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, collections.OrderedDict())
+def _contiguous_strides(size) -> tuple[int, ...]:
+    out, acc = [], 1
+    for n in reversed(size):
+        out.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(out))
+
+
+class _TensorBudget:
+    """Rebuilds tensors as views of their storage, refusing any that would read past it, that are
+    not laid out contiguously (stride 0 would repeat one element into gigabytes), or whose total
+    size exceeds what the file itself holds."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = int(limit_bytes), 0
+
+    def rebuild(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+        if not isinstance(storage, StorageRecord):
+            raise _Refused("a tensor whose storage is not a tensor storage")
+        ok_ints = lambda v: isinstance(v, tuple) and all(type(i) is int and i >= 0 for i in v)  # noqa: E731
+        if not (type(storage_offset) is int and storage_offset >= 0 and ok_ints(size) and ok_ints(stride)
+                and len(size) == len(stride) and len(size) <= 8):
+            raise _Refused("a malformed tensor header")
+        _no_hooks(backward_hooks)
+        if metadata:
+            raise _Refused("tensor metadata")
+        numel = math.prod(size)
+        want = _contiguous_strides(size)
+        if numel and any(n != 1 and s != w for n, s, w in zip(size, stride, want)):
+            raise _Refused(f"a tensor with non-contiguous strides {short_repr(stride)} for size {short_repr(size)}")
+        if storage_offset + numel > storage.flat.numel():
+            raise _Refused(f"a tensor of {numel} elements at offset {storage_offset} in a storage of {storage.flat.numel()}")
+        self.used += numel * storage.flat.element_size()
+        if self.used > self.limit:
+            raise _Refused(f"tensors totalling more bytes than the file holds ({self.limit}); views repeat its data")
+        return storage.flat[storage_offset: storage_offset + numel].view(size)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -136,29 +164,30 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 
 
 def _load_from_bytes(b):
-    if not isinstance(b, (bytes, bytearray)):
-        raise _Refused("a tensor storage that is not bytes")
     try:
-        return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 -- torch's weights-only unpickler refused it
-        raise _Refused(f"a tensor storage refused by torch's weights-only loader ({str(exc).splitlines()[0][:160]})") from None
+        return load_legacy_storage(b)
+    except PickleRefused as exc:
+        raise _Refused(str(exc)) from None
 
 
 _NUMERIC_KINDS = "biuf"
 
 
 def _numpy_dtype(spec, align=False, copy=False):
-    if not isinstance(spec, str):
+    if not isinstance(spec, str) or len(spec) > 8:
         raise _Refused("a numpy dtype that is not a plain name")
-    dt = np.dtype(spec)
+    try:
+        dt = np.dtype(spec)
+    except TypeError:
+        raise _Refused(f"an unknown numpy dtype {short_repr(spec)}") from None
     if dt.kind not in _NUMERIC_KINDS:
-        raise _Refused(f"a non-numeric numpy dtype {spec!r}")
-    return np.dtype(spec, bool(align), bool(copy))
+        raise _Refused(f"a non-numeric numpy dtype {short_repr(spec)}")
+    return np.dtype(spec, bool(align), True)  # always a fresh copy: BUILD sets its state, never numpy's own
 
 
 def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, bytes) \
-            or len(data) != dtype.itemsize:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None or not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise _Refused("a malformed numpy scalar")
     return np.frombuffer(data, dtype=dtype)[0].copy()
 
@@ -173,12 +202,12 @@ def _make_persistent_record(meta):
     if not isinstance(meta, dict) or set(meta) != {"type", "version", "module_src", "class_name", "state"}:
         raise _Refused("a persistent object with malformed metadata")
     if meta["type"] != "class":
-        raise _Refused(f"a persistent object of type {meta['type']!r} (expected 'class')")
+        raise _Refused(f"a persistent object of type {short_repr(meta['type'])} (expected 'class')")
     if meta["version"] != PERSISTENCE_VERSION:
-        raise _Refused(f"torch_utils.persistence version {meta['version']!r} (EDM files use version {PERSISTENCE_VERSION})")
+        raise _Refused(f"torch_utils.persistence version {short_repr(meta['version'])} (EDM files use version {PERSISTENCE_VERSION})")
     name = meta["class_name"]
     if not isinstance(name, str) or name not in KNOWN_PERSISTENT:
-        raise _Refused(f"unknown persistent class {name!r}")
+        raise _Refused(f"unknown persistent class {short_repr(name)}")
     if not isinstance(meta["state"], dict) or not isinstance(meta["module_src"], str):
         raise _Refused(f"a persistent {name} with malformed state")
     src_hash = hashlib.sha256(meta["module_src"].encode("utf-8", "surrogatepass")).hexdigest()
@@ -189,13 +218,24 @@ def _numpy_scalar_names():
     return [("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")]
 
 
+MAX_DEPTH = 64  # a real EDM snapshot nests about 30 levels deep
+MODULE_DICT = ("torch.nn.modules.container", "ModuleDict")
+BUILD_TARGETS = {".".join(MODULE_DICT), "numpy.dtype"}  # the only objects whose state a file may set
+
+
+def _allowed_globals() -> set[tuple[str, str]]:
+    return {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+            ("torch.storage", "_load_from_bytes"), ("numpy", "dtype"), RECONSTRUCT, MODULE_DICT, *_numpy_scalar_names()}
+
+
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, f):
+    def __init__(self, f, max_tensor_bytes: int):
         super().__init__(f)
         self.module_dict_type = _module_dict_record_type()
+        budget = _TensorBudget(max_tensor_bytes)
         allowed: dict[tuple[str, str], Any] = {
             ("collections", "OrderedDict"): _ordered_dict,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_tensor_v2"): budget.rebuild,
             ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
             ("torch.storage", "_load_from_bytes"): _load_from_bytes,
             ("numpy", "dtype"): _numpy_dtype,
@@ -204,12 +244,12 @@ class _AllowListUnpickler(pickle.Unpickler):
         for key in _numpy_scalar_names():
             allowed[key] = _numpy_scalar
         self.allowed = {k: _Allowed(".".join(k), fn) for k, fn in allowed.items()}
-        self.allowed[("torch.nn.modules.container", "ModuleDict")] = self.module_dict_type
+        self.allowed[MODULE_DICT] = self.module_dict_type
 
     def find_class(self, module, name):
         obj = self.allowed.get((module, name))
         if obj is None:
-            raise _Refused(f"the global {module}.{name} is not allowed in an EDM network pickle")
+            raise _Refused(f"the global {short_repr(module)[1:-1]}.{short_repr(name)[1:-1]} is not allowed in an EDM network pickle")
         return obj
 
     def persistent_load(self, pid):
@@ -241,20 +281,33 @@ class _HashingReader:
 def read_edm_pickle(path: str | Path) -> dict:
     """Unpickle an EDM snapshot into plain data and inert records. Executes nothing from the file.
 
-    The file's SHA-256 is returned under the extra key ``'__sha256__'``."""
+    The opcode stream is checked first (:func:`~sampler_bench.models.safe_pickle.scan_pickle`:
+    allowed globals and opcodes, nesting depth, BUILD targets, lengths), then unpickled with the
+    allow-list. The file's SHA-256 is returned under the extra key ``'__sha256__'``."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
             head = raw.read(2)
             raw.seek(0)
-            f = _HashingReader(raw)
             if head[:2] == b"PK":
                 raise _err(path, "it is a zip archive (a torch.save checkpoint), not an EDM network pickle (.pkl from NVlabs/edm)")
             if len(head) < 2 or head[0] != pickle.PROTO[0]:
                 raise _err(path, "not a pickle file; expected an EDM network pickle (.pkl from NVlabs/edm)")
             if head[1] not in PICKLE_PROTOCOLS:
                 raise _err(path, f"pickle protocol {head[1]} is not what EDM writes (protocol 4); not an EDM network pickle")
-            data = _AllowListUnpickler(f).load()
+            try:
+                scan_pickle(raw, allowed_globals=_allowed_globals(), build_targets=BUILD_TARGETS, max_depth=MAX_DEPTH,
+                            max_bytes=size, protocols=PICKLE_PROTOCOLS)
+            except PickleRefused as exc:
+                if "truncated" in str(exc):
+                    raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
+                raise _Refused(str(exc)) from None
+            if raw.read(1):
+                raise _err(path, "trailing data after the pickle; the file is not a single EDM network pickle")
+            raw.seek(0)
+            f = _HashingReader(raw)
+            data = _AllowListUnpickler(f, max_tensor_bytes=size).load()
             if f.read(1):
                 raise _err(path, "trailing data after the pickle; the file is not a single EDM network pickle")
     except BenchError:
@@ -265,17 +318,20 @@ def read_edm_pickle(path: str | Path) -> dict:
         raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
     except RecursionError:
         raise _err(path, "the pickle is nested too deeply; not an EDM network pickle") from None
+    except MemoryError:
+        raise _err(path, "the pickle needs more memory than is available; not an EDM network pickle") from None
     except OSError as exc:
         raise _err(path, f"cannot read it ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 -- malformed pickle data of any kind
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if "ran out of input" in msg.lower() or "truncated" in msg.lower():
             raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
-        raise _err(path, f"malformed pickle ({type(exc).__name__}: {msg}); not an EDM network pickle") from None
+        raise _err(path, f"malformed pickle ({type(exc).__name__}: {short_repr(msg, 200)[1:-1]}); not an EDM network pickle") from None
     if not isinstance(data, dict):
         raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network")
     if "ema" not in data:
-        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(str, data)) or 'none'})")
+        keys = [short_repr(k) for k in list(data)[:8]] + (["..."] if len(data) > 8 else [])
+        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(keys) or 'none'})")
     data["__sha256__"] = f.h.hexdigest()
     return data
 
