@@ -243,4 +243,4 @@ def test_allowlisted_callables_cannot_be_modified(tmp_path):
     raw = b"\x80\x04" + s("collections") + s("OrderedDict") + b"\x93" + b"}" + s("__defaults__") + b"Nsb."
     pickletools.dis(raw, out=io.StringIO())  # well-formed
     _refused(tmp_path, raw, r"setting the state \(BUILD\) of 'collections.OrderedDict'")
-    assert edm._rebuild_tensor_v2.__defaults__ == (False, None, None)
+    assert edm._rebuild_parameter.__defaults__ == (False, None)
