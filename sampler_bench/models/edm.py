@@ -25,6 +25,7 @@ import io
 import math
 import os
 import pickle
+import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,42 +351,63 @@ def _state_of(node, where):
     raise _Refused(f"{where or 'the network'} is not a module record")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
 def flatten_state_dict(record, prefix: str = "") -> "collections.OrderedDict[str, torch.Tensor]":
-    """The ``state_dict()`` the recorded module would have: parameters, persistent buffers, children."""
+    """The ``state_dict()`` the recorded module would have: parameters, persistent buffers, children.
+
+    A module record met twice (the file shares it, which EDM never does) is refused: shared subtrees
+    would otherwise be walked exponentially often."""
     out: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+    seen: set[int] = set()
 
     def walk(node, pre):
+        if id(node) in seen:
+            raise _Refused(f"module {short_repr(pre.rstrip('.'), 60)} appears twice in the module tree")
+        seen.add(id(node))
         st = _state_of(node, pre.rstrip("."))
         params, buffers = st.get("_parameters", {}), st.get("_buffers", {})
         nonpersistent = st.get("_non_persistent_buffers_set", set()) or set()
         modules = st.get("_modules", {})
-        if not all(isinstance(d, dict) for d in (params, buffers, modules)):
-            raise _Refused(f"module '{pre.rstrip('.') or 'ema'}' has a malformed state")
-        for kind, items in (("parameter", params.items()), ("buffer", buffers.items())):
+        if not all(isinstance(d, dict) for d in (params, buffers, modules)) or not isinstance(nonpersistent, (set, frozenset)):
+            raise _Refused(f"module {short_repr(pre.rstrip('.') or 'ema', 60)} has a malformed state")
+        for kind, items in (("parameter", params.items()), ("buffer", buffers.items()), ("module", modules.items())):
             for k, v in items:
+                if not isinstance(k, str) or not _NAME.fullmatch(k):
+                    raise _Refused(f"a {kind} named {short_repr(k)} in module {short_repr(pre.rstrip('.') or 'ema', 60)}")
                 if v is None or (kind == "buffer" and k in nonpersistent):
                     continue
-                if not isinstance(v, torch.Tensor):
-                    raise _Refused(f"{kind} '{pre}{k}' is not a tensor")
-                out[pre + k] = v
-        for k, child in modules.items():
-            if child is not None:
-                walk(child, f"{pre}{k}.")
+                if kind == "module":
+                    walk(v, f"{pre}{k}.")
+                elif not isinstance(v, torch.Tensor):
+                    raise _Refused(f"{kind} {short_repr(pre + k, 60)} is not a tensor")
+                else:
+                    out[pre + k] = v
 
     walk(record, prefix)
     return out
 
 
-def _plain(v, where):
-    """Constructor-argument values as plain Python (numpy scalars -> float/int); anything else refused."""
-    if isinstance(v, (bool, int, float, str)) or v is None:
+def _plain(v, where, budget=None):
+    """Constructor-argument values as plain Python (numpy scalars -> float/int); anything else refused.
+    At most 10,000 values in all (a shared list tree would otherwise be walked exponentially often)."""
+    budget = budget if budget is not None else [10_000]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Refused(f"constructor arguments of {where} hold too many values")
+    if isinstance(v, (bool, int, float)) or v is None:
+        return v
+    if isinstance(v, str):
+        if len(v) > 256:
+            raise _Refused(f"constructor argument {where} holds a string of {len(v)} characters")
         return v
     if isinstance(v, np.generic) and v.dtype.kind in _NUMERIC_KINDS:
         return v.item()
     if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x, where) for x in v)
+        return type(v)(_plain(x, where, budget) for x in v)
     if isinstance(v, dict):
-        return {str(k): _plain(x, where) for k, x in v.items()}
+        return {str(k): _plain(x, where, budget) for k, x in v.items()}
     raise _Refused(f"constructor argument {where} has an unsupported value of type {type(v).__name__}")
 
 
@@ -401,12 +423,52 @@ def check_init_kwargs(class_name: str, kwargs: dict) -> dict:
         raise _Refused(f"{class_name} has malformed constructor arguments")
     model_type = kwargs.get("model_type", inspect.signature(cls.__init__).parameters["model_type"].default)
     if model_type not in nets.ARCHITECTURES:
-        raise _Refused(f"unknown model_type {model_type!r} (known: {', '.join(nets.ARCHITECTURES)})")
+        raise _Refused(f"unknown model_type {short_repr(model_type)} (known: {', '.join(nets.ARCHITECTURES)})")
     inner = _accepted_kwargs(nets.ARCHITECTURES[model_type]) - {"img_resolution", "in_channels", "out_channels", "label_dim"}
     unknown = sorted(set(kwargs) - _accepted_kwargs(cls) - inner)
     if unknown:
-        raise _Refused(f"unknown constructor argument(s) {', '.join(unknown)} for {class_name}/{model_type}")
-    return {k: _plain(v, f"{class_name}.{k}") for k, v in kwargs.items()}
+        raise _Refused(f"unknown constructor argument(s) {', '.join(map(short_repr, unknown[:5]))} for {class_name}/{model_type}")
+    budget = [10_000]
+    return {k: _plain(v, f"{class_name}.{k}", budget) for k, v in kwargs.items()}
+
+
+MAX_RESOLUTION = 4096
+MAX_CHANNELS = 1 << 16
+
+
+def _int_arg(kwargs, cls, name, lo, hi):
+    v = kwargs.get(name, inspect.signature(cls.__init__).parameters[name].default)
+    if type(v) is not int or not lo <= v <= hi:
+        raise _Refused(f"constructor argument {name}={short_repr(v)} is not an integer in {lo}..{hi}")
+    return v
+
+
+def check_structure(class_name: str, kwargs: dict, flat: dict) -> None:
+    """Before building anything: the architecture the arguments describe must be one the stored
+    tensors can fill (a UNetBlock holds at least 10 tensors; iDDPM's grid ``u`` has M + 1 entries),
+    so that no argument such as ``num_blocks=10**5`` makes us build a huge network or loop for
+    minutes before the weights are checked."""
+    cls = nets.PRECONDITIONERS[class_name]
+    model_type = kwargs.get("model_type", inspect.signature(cls.__init__).parameters["model_type"].default)
+    arch = nets.ARCHITECTURES[model_type]
+    res = _int_arg(kwargs, cls, "img_resolution", 1, MAX_RESOLUTION)
+    _int_arg(kwargs, cls, "img_channels", 1, 64)
+    _int_arg(kwargs, cls, "label_dim", 0, 100_000)
+    _int_arg(kwargs, arch, "model_channels", 1, MAX_CHANNELS)
+    blocks = _int_arg(kwargs, arch, "num_blocks", 0, 64)
+    mult = kwargs.get("channel_mult", inspect.signature(arch.__init__).parameters["channel_mult"].default)
+    if not isinstance(mult, (list, tuple)) or not mult or len(mult) > 16 or any(type(m) is not int or not 1 <= m <= 64 for m in mult):
+        raise _Refused(f"constructor argument channel_mult={short_repr(mult)} is not a short list of small positive integers")
+    if res >> (len(mult) - 1) < 1:
+        raise _Refused(f"channel_mult has {len(mult)} levels, more than resolution {res} can be halved")
+    unet_blocks = len(mult) * (2 * blocks + 3)
+    if 10 * unet_blocks > len(flat):
+        raise _Refused(f"its arguments describe {unet_blocks} U-Net blocks (at least {10 * unet_blocks} tensors) but the file holds {len(flat)} tensors")
+    if class_name == "iDDPMPrecond":
+        M = _int_arg(kwargs, cls, "M", 1, 10**6)
+        u = flat.get("u")
+        if u is None or tuple(u.shape) != (M + 1,):
+            raise _Refused(f"iDDPM grid 'u' has shape {tuple(u.shape) if u is not None else 'missing'}, M={M} needs ({M + 1},)")
 
 
 def build_network(ema) -> torch.nn.Module:
@@ -421,6 +483,7 @@ def build_network(ema) -> torch.nn.Module:
         raise _Refused(f"{ema.class_name} carries no constructor arguments (_init_kwargs)")
     kwargs = check_init_kwargs(ema.class_name, ema.init_kwargs)
     flat = flatten_state_dict(ema)
+    check_structure(ema.class_name, kwargs, flat)
     try:
         with torch.device("meta"), nets.skip_init():
             net = nets.PRECONDITIONERS[ema.class_name](**kwargs)
