@@ -75,9 +75,19 @@ class RunConfig:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
-        d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
+        if batch_invariant(self.model):  # per-sample seeds and float64 arithmetic: the batch size does not change the images
+            d.pop("batch", None)
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d
+
+
+def batch_invariant(model: str) -> bool:
+    """True for the analytic models, whose images do not depend on the batch size. A network's
+    float32 kernels may round differently for another batch size, so there it is part of the run."""
+    from sampler_bench.models.registry import MODELS
+
+    entry = MODELS.get(str(model).partition(":")[0])
+    return entry is not None and entry.kind == "analytic"
 
 
 def canonical_opts(solver: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
     if spec.needs_time_map and model.time_map is None:
         raise BenchError(f"solver '{spec.name}' works in the model's native VP time, and model '{cfg.model}' has none; use a rho-space solver (e.g. deis-rhoab3) instead.")
     schedule = cfg.schedule or spec.schedule_for(model)
-    sigmas = make_schedule(schedule, steps, model).to(device)
+    sigmas = make_schedule(schedule, steps, model, allow_ties=spec.family == "edm").to(device)
     label_mode: str | int | None
     if cfg.class_label is None:
         label_mode = "random" if model.label_required else None

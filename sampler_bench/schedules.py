@@ -154,11 +154,16 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def make_schedule(text: str, n_steps: int, model) -> torch.Tensor:
+def make_schedule(text: str, n_steps: int, model, allow_ties: bool = False) -> torch.Tensor:
+    """``allow_ties``: a repeated sigma (two grid points that ``round_sigma`` snaps to the same
+    discrete sigma, e.g. Karras with 61+ steps on iDDPM) is kept, as EDM's sampler keeps it (a
+    zero-length Heun step); solvers that cannot take a zero-length step leave it False."""
     name, params = parse_schedule(text)
     if n_steps < 1:
         raise BenchError(f"a schedule needs at least one step; got {n_steps}.")
     sig = SCHEDULES[name].fn(n_steps, model, **params)
-    if not bool((sig[:-1] > 0).all()) or not bool((sig[:-1] - sig[1:] > 0).all()):
-        raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; use fewer steps or another schedule.")
+    step = sig[:-1] - sig[1:]
+    if not bool((sig[:-1] > 0).all()) or not bool(((step > 0) | (allow_ties & (step == 0))).all()):
+        fix = "use fewer steps, another schedule" + ("" if allow_ties else ", or the heun / edm solvers (which take a repeated sigma as EDM does)")
+        raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; {fix}.")
     return sig

@@ -36,6 +36,7 @@ import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.models.base import F64, Denoiser, DiscreteVP, LinearVP, as_f64
+from sampler_bench.models.memory import activation_bytes, available_memory
 from sampler_bench.models.nets import edm as nets
 from sampler_bench.models.safe_pickle import PickleRefused, StorageRecord, load_legacy_storage, scan_pickle, short_repr
 
@@ -698,6 +699,7 @@ class EDMDenoiser(Denoiser):
             self.time_map = IDDPMGridTime(net.u, net.M)
         else:
             self.time_map = None
+        self._memory_ok: set[int] = set()
         self.to(device)
 
     @property
@@ -713,25 +715,47 @@ class EDMDenoiser(Denoiser):
     def round_sigma(self, sigma):
         s = as_f64(sigma)
         if isinstance(self.net, nets.iDDPMPrecond):
-            # nearest non-zero grid point (EDM's own round_sigma also offers u[M] = 0, which would
-            # turn a small positive sigma into 0); sigma = 0 stays 0
-            grid = self.net.u[: self.net.M].to(torch.float32).cpu()
-            idx = (s.to(torch.float32).cpu().reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(1)
-            out = grid[idx].to(F64).reshape(s.shape).to(s.device)
-            return torch.where(s == 0, s, out)
+            # EDM's own choice (cdist over u[0..M], on the network's device), except that a positive
+            # sigma is never rounded to u[M] = 0: below u[M-1] / 2, outside the sampling range
+            # [sigma_min, sigma_max] every schedule is clamped to, it snaps to u[M-1] instead
+            out = self.net.round_sigma(s).to(F64)
+            return torch.where((s > 0) & (out == 0), torch.full_like(s, float(self.net.u[self.net.M - 1])), out)
         return s
 
     @torch.no_grad()
     def denoise(self, x, sigma, labels=None):
-        n = x.shape[0]
-        s = as_f64(sigma).to(x.device).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(n)
+        s = as_f64(sigma).to(x.device)
+        # one sigma for the batch is passed as a 0-d tensor, as EDM's sampler does: the network
+        # then embeds the noise level once (batch 1) and broadcasts, which is what makes its output
+        # bit-identical to upstream's (a per-sample sigma vector rounds differently)
+        s = s.reshape(()) if s.numel() == 1 else s.reshape(-1)
         onehot = None
         if self.num_classes and labels is not None:
             onehot = torch.nn.functional.one_hot(labels.to(x.device).long(), self.num_classes).to(torch.float32)
-        out = self.net(x.to(torch.float32), s.to(torch.float32), onehot, force_fp32=self.force_fp32)
+        self._check_memory(x.shape[0])
+        try:
+            out = self.net(x.to(torch.float32), s, onehot, force_fp32=self.force_fp32)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise self._memory_error(x.shape[0], str(exc)) from None
+        except RuntimeError as exc:
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            raise self._memory_error(x.shape[0], str(exc)) from None
         return out.to(F64)
+
+    def _check_memory(self, batch: int) -> None:
+        if batch in self._memory_ok:
+            return
+        need, have = activation_bytes(self.net, batch), available_memory(self.device)
+        if have is not None and need > have:
+            raise self._memory_error(batch, f"about {need / 2**30:.2f} GiB needed, {have / 2**30:.2f} GiB available")
+        self._memory_ok.add(batch)
+
+    def _memory_error(self, batch: int, detail: str) -> BenchError:
+        need = activation_bytes(self.net, batch)
+        c, r = self.image_shape[0], self.image_shape[1]
+        return BenchError(f"model '{self.name}' ({c}x{r}x{r}) needs about {need / 2**30:.2f} GiB of {self.device.type} memory "
+                          f"for a batch of {batch} ({short_repr(detail, 120)[1:-1]}); use a smaller --batch or a machine with more memory.")
 
     def describe(self):
         d = super().describe()
