@@ -767,9 +767,23 @@ class EDMDenoiser(Denoiser):
         return d
 
 
+def check_network_matches(net: torch.nn.Module, name: str, path, expected: dict) -> None:
+    """Refuse a loaded network that is not the registry entry it was downloaded as: its resolution,
+    image channels, class count, parameter count and (where documented) preconditioner must all be
+    what the entry says. Keys of ``expected`` that are None are not checked."""
+    found = {"resolution": int(net.img_resolution), "channels": int(net.img_channels), "classes": int(net.label_dim),
+             "parameters": sum(p.numel() for p in net.parameters()), "precond": type(net).__name__}
+    bad = [f"{k} {found[k]} (expected {v})" for k, v in expected.items() if v is not None and found[k] != v]
+    if bad:
+        raise BenchError(f"checkpoint '{name}' at {path} is not the registered network: it has {', '.join(bad)}; "
+                         f"delete it (bench download --clear {name}) and download it again, or fix checkpoints/*.yaml.")
+
+
 def load_edm_denoiser(path: str | Path, device: torch.device | str = "cpu", name: str | None = None,
-                      force_fp32: bool = False, extra_info: dict | None = None) -> EDMDenoiser:
+                      force_fp32: bool = False, extra_info: dict | None = None, expected: dict | None = None) -> EDMDenoiser:
     net, info = load_edm_network(path)
+    if expected:
+        check_network_matches(net, name or Path(path).stem, path, expected)
     info["path"] = str(path)
     info.update(extra_info or {})
     return EDMDenoiser(net, name=name or Path(path).stem, device=device, force_fp32=force_fp32, info=info)
