@@ -701,6 +701,7 @@ class EDMDenoiser(Denoiser):
             self.time_map = None
         self._memory_ok: set[int] = set()
         self.to(device)
+        self._check_memory(1)  # refuse at load a network whose forward pass cannot fit even one sample
 
     @property
     def network_dtype(self) -> torch.dtype:
@@ -710,6 +711,7 @@ class EDMDenoiser(Denoiser):
     def to(self, device):
         super().to(device)
         self.net.to(self.device)
+        self._memory_ok = set()  # the memory check is per device
         return self
 
     def round_sigma(self, sigma):
