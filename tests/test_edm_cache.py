@@ -78,7 +78,7 @@ def test_a_network_that_is_not_its_registry_entry_is_refused(served, monkeypatch
     monkeypatch.setitem(MODELS, good.name, edm_checkpoint_entry(good))
     assert load_model("good").num_classes == 3
     wrong_pre = ckpts.Checkpoint(name="wp", url=url, format="edm-pkl", file="good.pkl", resolution=8, classes=3,
-                                 precond="VPPrecond")
+                                 precond="VPPrecond", config="F")
     monkeypatch.setitem(MODELS, wrong_pre.name, edm_checkpoint_entry(wrong_pre))
     with pytest.raises(BenchError, match=r"precond EDMPrecond \(expected VPPrecond\)"):
         load_model("wp")

@@ -145,7 +145,10 @@ CHILD = textwrap.dedent("""
         res = CliRunner().invoke(app, ["sample", "--model", path, "--solver", "heun", "--nfe", "3", "--num", "1",
                                        "--out", path + ".out"])
         out[path] = [res.exit_code, res.output]
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # peak RSS of this process image (VmHWM starts afresh at exec; ru_maxrss would carry the
+    # forking parent's peak over)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    out["rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 """)
 

@@ -159,11 +159,10 @@ def scan_pickle(f, *, allowed_globals: set[tuple[str, str]], build_targets: set[
                     push(_Item(0, "str", read(n).decode("utf-8")))
                 except UnicodeDecodeError:
                     raise PickleRefused("malformed UTF-8 text") from None
-            else:
-                read_skip = n
-                if read_skip > end - f.tell():
+            else:  # long text (module sources): skipped, never decoded here
+                if n > end - f.tell():
                     raise PickleRefused("a length beyond the end of the file (truncated or forged)")
-                f.seek(read_skip, io.SEEK_CUR)
+                f.seek(n, io.SEEK_CUR)
                 push(_Item(0, "str"))
         elif name in _BYTES:
             n = uint(_BYTES[name])
