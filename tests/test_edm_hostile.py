@@ -23,6 +23,7 @@ from sampler_bench.models import edm
 from sampler_bench.models.nets import edm as nets
 
 runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RSS_LIMIT_MB = 700  # importing torch and the CLI takes ~300 MB; every amplification case asks for GBs
 
