@@ -15,8 +15,9 @@ def available_memory(device: torch.device) -> int | None:
     the system's available memory and what the address-space limit (``ulimit -v``) leaves."""
     device = torch.device(device)
     if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
+        try:  # free memory plus what torch's caching allocator holds but does not use
+            free = int(torch.cuda.mem_get_info(device)[0])
+            return free + int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device))
         except (RuntimeError, AssertionError):
             return None
     if device.type != "cpu":
