@@ -99,7 +99,8 @@ class RunConfig:
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("allow_large_nfe", None)  # a permission, not a property of the samples
         d.pop("threads", None)  # the thread count does not change the samples either
-        d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
+        if batch_invariant(self.model):  # per-sample seeds and float64 arithmetic: the batch size does not change the images
+            d.pop("batch", None)
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         # fields at their defaults are left out, so runs recorded before these fields existed still match
         for k, default in (("final_step", "zero"), ("noise", "edm-generate"), ("preset", None), ("precision", "fp32"),
@@ -107,6 +108,15 @@ class RunConfig:
             if d.get(k) == default:
                 d.pop(k)
         return d
+
+
+def batch_invariant(model: str) -> bool:
+    """True for the analytic models, whose images do not depend on the batch size. A network's
+    float32 kernels may round differently for another batch size, so there it is part of the run."""
+    from sampler_bench.models.registry import MODELS
+
+    entry = MODELS.get(str(model).partition(":")[0])
+    return entry is not None and entry.kind == "analytic"
 
 
 def canonical_opts(solver: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +205,7 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
     if spec.needs_time_map and model.time_map is None:
         raise BenchError(f"solver '{spec.name}' works in the model's native VP time, and model '{cfg.model}' has none; use a rho-space solver (e.g. deis-rhoab3) instead.")
     schedule = cfg.schedule or spec.schedule_for(model)
-    sigmas = make_schedule(schedule, steps, model, cfg.final_step).to(device)
+    sigmas = make_schedule(schedule, steps, model, cfg.final_step, allow_ties=spec.family == "edm").to(device)
     label_mode: str | int | None
     if cfg.class_label is None:
         label_mode = "random" if model.label_required else None

@@ -183,13 +183,17 @@ def parse_schedule(text: str) -> tuple[str, dict[str, Any]]:
 _POSITIVE = {"rho": 7, "order": 2}  # exponents: 0 divides by zero, < 0 reverses the grid
 
 
-def make_schedule(text: str, n_steps: int, model, final_step: str = "zero") -> torch.Tensor:
+def make_schedule(text: str, n_steps: int, model, final_step: str = "zero", allow_ties: bool = False) -> torch.Tensor:
     """The float64 sigmas of ``n_steps`` steps of schedule ``text`` under a final-step policy.
 
     ``zero``: ``n_steps + 1`` entries ending in 0 (with ``endpoint=1`` the grid's end is the last
     positive sigma; with ``endpoint=0`` the grid has ``n_steps + 1`` points of which the last is
     replaced by 0). ``none``/``denoise``: ``n_steps + 1`` positive entries, the grid's own end last
     (both layouts are then the same grid).
+
+    ``allow_ties``: a repeated sigma (two grid points that ``round_sigma`` snaps to the same discrete
+    sigma, e.g. Karras with 61+ steps on iDDPM) is kept, as EDM's sampler keeps it (a zero-length
+    Heun step); solvers that cannot take a zero-length step leave it False.
     """
     from sampler_bench.solvers import check_final_step
 
@@ -216,8 +220,10 @@ def make_schedule(text: str, n_steps: int, model, final_step: str = "zero") -> t
     else:
         sig = points(n_steps + 1)
         pos = sig
-    if not bool((pos > 0).all()) or not bool((sig[:-1] - sig[1:] > 0).all()):
-        raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; use fewer steps or another schedule.")
+    step = sig[:-1] - sig[1:]
+    if not bool((pos > 0).all()) or not bool(((step > 0) | (allow_ties & (step == 0))).all()):
+        fix = "use fewer steps, another schedule" + ("" if allow_ties else ", or the heun / edm solvers (which take a repeated sigma as EDM does)")
+        raise BenchError(f"schedule '{text}' with {n_steps} steps is not strictly decreasing after round_sigma; {fix}.")
     return sig
 
 

@@ -60,10 +60,9 @@ def edm_generate_loop(net, seeds, device, num_steps, sigma_min=0.002, sigma_max=
     i = torch.arange(num_steps, dtype=torch.float64, device=device)
     t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     t = torch.cat([t, torch.zeros_like(t[:1])])  # round_sigma is the identity for VP/VE/EDM preconditioners
-    n = len(seeds)
 
-    def D(x, s):
-        return net(x, s.to(torch.float32).reshape(1).expand(n)).to(torch.float64)
+    def D(x, s):  # a 0-d sigma, as edm_sampler passes it (the preconditioner casts and reshapes it)
+        return net(x, s).to(torch.float64)
 
     x_next = latents.to(torch.float64) * t[0]
     for k, (t_cur, t_next) in enumerate(zip(t[:-1], t[1:])):

@@ -119,6 +119,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         start = int(rng.split("=")[1].rstrip("-")) if rng else 0
         body = self.payload[start:]
         self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -146,7 +148,7 @@ def test_download_resumes_records_and_verifies_checksum(tmp_path, monkeypatch, s
     ck = ckpts.Checkpoint(name="tiny-ck", url=f"http://127.0.0.1:{srv.server_address[1]}/edm/tiny-ck.pkl",
                           format="edm-pkl", file="tiny-ck.pkl", resolution=8, classes=3)
     monkeypatch.setitem(MODELS, ck.name, edm_checkpoint_entry(ck))
-    assert ckpts.cache_state(ck) == "not downloaded"
+    assert ckpts.cache_state(ck) == "not downloaded (no sha256 pin)"
     ck.path.parent.mkdir(parents=True)
     ck.part_path.write_bytes(payload[:1000])  # an interrupted earlier download
     assert ckpts.cache_state(ck).startswith("partial download")
@@ -155,7 +157,7 @@ def test_download_resumes_records_and_verifies_checksum(tmp_path, monkeypatch, s
     assert handler.ranges == ["bytes=1000-"]
     assert ck.path.read_bytes() == payload and not ck.part_path.exists()
     assert ckpts.recorded_sha256(ck) == den.info["sha256"] and den.num_classes == 3
-    assert ckpts.cache_state(ck) == "cached, sha256 recorded"
+    assert ckpts.cache_state(ck) == "cached, sha256 recorded (no pin)"
     res = invoke("models")
     assert res.exit_code == 0 and "tiny-ck" in res.output and "cached, sha256" in res.output
 

@@ -50,9 +50,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("download")
     @user_errors
-    def download(names: List[str] = typer.Argument(None, help="Registered checkpoint names (`bench models`), or one sweep config (.yaml): everything it needs; none = list the cache."),):
-        """Download registered checkpoints, or everything a sweep config needs, into the cache (resumable; checksums verified)."""
-        from sampler_bench.models.checkpoints import KNOWN, cache_dir, cache_state, ensure_checkpoint
+    def download(names: List[str] = typer.Argument(None, help="Registered checkpoint names (`bench models`), or one sweep config (.yaml): everything it needs; none = list the cache."),
+                 clear: bool = typer.Option(False, "--clear", help="Delete the named entries from the cache (file, checksum record, partial download) instead of downloading.", metavar="")):
+        """Download registered checkpoints, or everything a sweep config needs, into the cache (resumable; size and checksum verified); `--clear` deletes a bad cache entry."""
+        from sampler_bench.models.checkpoints import KNOWN, cache_dir, cache_state, clear_entry, ensure_checkpoint
 
         if names and len(names) == 1 and names[0].lower().endswith((".yaml", ".yml")):
             from sampler_bench.commands.env import download_for_config
@@ -60,6 +61,8 @@ def register(app: typer.Typer) -> None:
             download_for_config(Path(names[0]))
             return
         if not names:
+            if clear:
+                raise BenchError("--clear needs the names of the entries to delete; run `bench download` to list them.")
             console.print(f"cache: {cache_dir()}")
             for ck in KNOWN.values():
                 console.print(f"  {ck.name}: {cache_state(ck)}")
@@ -68,5 +71,9 @@ def register(app: typer.Typer) -> None:
         if unknown:
             raise BenchError(f"unknown checkpoint(s) {', '.join(unknown)}; run `bench download` to list them.")
         for n in names:
+            if clear:
+                gone = clear_entry(KNOWN[n])
+                console.print(f"{n}: " + (f"deleted {', '.join(p.name for p in gone)}" if gone else "nothing cached"))
+                continue
             path, digest = ensure_checkpoint(KNOWN[n])
             console.print(f"{n}: {path} (sha256 {digest})")

@@ -23,7 +23,9 @@ import hashlib
 import inspect
 import io
 import math
+import os
 import pickle
+import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,9 @@ import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.models.base import F64, Denoiser, DiscreteVP, LinearVP, as_f64
+from sampler_bench.models.memory import activation_bytes, available_memory
 from sampler_bench.models.nets import edm as nets
+from sampler_bench.models.safe_pickle import PickleRefused, StorageRecord, load_legacy_storage, scan_pickle, short_repr
 
 PERSISTENCE_VERSION = 6
 PICKLE_PROTOCOLS = (4, 5)  # EDM writes protocol 4 (Python >= 3.8 default); 5 only adds out-of-band buffers
@@ -48,23 +52,6 @@ KNOWN_PERSISTENT = set(nets.PRECONDITIONERS) | {
 
 def _err(path, msg: str) -> BenchError:
     return BenchError(f"cannot load EDM network '{path}': {msg}" + ("" if msg.endswith(".") else "."))
-
-
-def _brief(obj: Any) -> str:
-    """A short repr of anything read from a file: bounded depth and length, so a crafted pickle
-    (a 100,000-deep tuple, a megabyte string) cannot break or flood an error message."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxstring, r.maxother, r.maxtuple, r.maxlist, r.maxdict = 3, 60, 60, 4, 4, 4
-    try:
-        return r.repr(obj)
-    except Exception:  # noqa: BLE001 -- a broken __repr__ of a foreign object
-        return f"<{type(obj).__name__}>"
-
-
-def _key_text(k: Any) -> str:
-    return k if isinstance(k, str) and len(k) <= 60 else _brief(k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,16 +120,42 @@ def _no_hooks(hooks):
     raise _Refused("a tensor with backward hooks")
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise _Refused("a tensor whose storage is not a tensor storage")
-    ok_ints = lambda v: isinstance(v, tuple) and all(isinstance(i, int) for i in v)  # noqa: E731
-    if not (isinstance(storage_offset, int) and ok_ints(size) and ok_ints(stride) and len(size) == len(stride)):
-        raise _Refused("a malformed tensor header")
-    _no_hooks(backward_hooks)
-    if metadata:
-        raise _Refused("tensor metadata")
-    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, collections.OrderedDict())
+def _contiguous_strides(size) -> tuple[int, ...]:
+    out, acc = [], 1
+    for n in reversed(size):
+        out.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(out))
+
+
+class _TensorBudget:
+    """Rebuilds tensors as views of their storage, refusing any that would read past it, that are
+    not laid out contiguously (stride 0 would repeat one element into gigabytes), or whose total
+    size exceeds what the file itself holds."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = int(limit_bytes), 0
+
+    def rebuild(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+        if not isinstance(storage, StorageRecord):
+            raise _Refused("a tensor whose storage is not a tensor storage")
+        ok_ints = lambda v: isinstance(v, tuple) and all(type(i) is int and i >= 0 for i in v)  # noqa: E731
+        if not (type(storage_offset) is int and storage_offset >= 0 and ok_ints(size) and ok_ints(stride)
+                and len(size) == len(stride) and len(size) <= 8):
+            raise _Refused("a malformed tensor header")
+        _no_hooks(backward_hooks)
+        if metadata:
+            raise _Refused("tensor metadata")
+        numel = math.prod(size)
+        want = _contiguous_strides(size)
+        if numel and any(n != 1 and s != w for n, s, w in zip(size, stride, want)):
+            raise _Refused(f"a tensor with non-contiguous strides {short_repr(stride)} for size {short_repr(size)}")
+        if storage_offset + numel > storage.flat.numel():
+            raise _Refused(f"a tensor of {numel} elements at offset {storage_offset} in a storage of {storage.flat.numel()}")
+        self.used += numel * storage.flat.element_size()
+        if self.used > self.limit:
+            raise _Refused(f"tensors totalling more bytes than the file holds ({self.limit}); views repeat its data")
+        return storage.flat[storage_offset: storage_offset + numel].view(size)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -153,29 +166,30 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 
 
 def _load_from_bytes(b):
-    if not isinstance(b, (bytes, bytearray)):
-        raise _Refused("a tensor storage that is not bytes")
     try:
-        return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 -- torch's weights-only unpickler refused it
-        raise _Refused(f"a tensor storage refused by torch's weights-only loader ({str(exc).splitlines()[0][:160]})") from None
+        return load_legacy_storage(b)
+    except PickleRefused as exc:
+        raise _Refused(str(exc)) from None
 
 
 _NUMERIC_KINDS = "biuf"
 
 
 def _numpy_dtype(spec, align=False, copy=False):
-    if not isinstance(spec, str):
+    if not isinstance(spec, str) or len(spec) > 8:
         raise _Refused("a numpy dtype that is not a plain name")
-    dt = np.dtype(spec)
+    try:
+        dt = np.dtype(spec)
+    except TypeError:
+        raise _Refused(f"an unknown numpy dtype {short_repr(spec)}") from None
     if dt.kind not in _NUMERIC_KINDS:
-        raise _Refused(f"a non-numeric numpy dtype {_brief(spec)}")
-    return np.dtype(spec, bool(align), bool(copy))
+        raise _Refused(f"a non-numeric numpy dtype {short_repr(spec)}")
+    return np.dtype(spec, bool(align), True)  # always a fresh copy: BUILD sets its state, never numpy's own
 
 
 def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, bytes) \
-            or len(data) != dtype.itemsize:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None or not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise _Refused("a malformed numpy scalar")
     return np.frombuffer(data, dtype=dtype)[0].copy()
 
@@ -190,12 +204,12 @@ def _make_persistent_record(meta):
     if not isinstance(meta, dict) or set(meta) != {"type", "version", "module_src", "class_name", "state"}:
         raise _Refused("a persistent object with malformed metadata")
     if meta["type"] != "class":
-        raise _Refused(f"a persistent object of type {_brief(meta['type'])} (expected 'class')")
+        raise _Refused(f"a persistent object of type {short_repr(meta['type'])} (expected 'class')")
     if meta["version"] != PERSISTENCE_VERSION:
-        raise _Refused(f"torch_utils.persistence version {_brief(meta['version'])} (EDM files use version {PERSISTENCE_VERSION})")
+        raise _Refused(f"torch_utils.persistence version {short_repr(meta['version'])} (EDM files use version {PERSISTENCE_VERSION})")
     name = meta["class_name"]
     if not isinstance(name, str) or name not in KNOWN_PERSISTENT:
-        raise _Refused(f"unknown persistent class {_brief(name)}")
+        raise _Refused(f"unknown persistent class {short_repr(name)}")
     if not isinstance(meta["state"], dict) or not isinstance(meta["module_src"], str):
         raise _Refused(f"a persistent {name} with malformed state")
     src_hash = hashlib.sha256(meta["module_src"].encode("utf-8", "surrogatepass")).hexdigest()
@@ -206,13 +220,24 @@ def _numpy_scalar_names():
     return [("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")]
 
 
+MAX_DEPTH = 64  # a real EDM snapshot nests about 30 levels deep
+MODULE_DICT = ("torch.nn.modules.container", "ModuleDict")
+BUILD_TARGETS = {".".join(MODULE_DICT), "numpy.dtype"}  # the only objects whose state a file may set
+
+
+def _allowed_globals() -> set[tuple[str, str]]:
+    return {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+            ("torch.storage", "_load_from_bytes"), ("numpy", "dtype"), RECONSTRUCT, MODULE_DICT, *_numpy_scalar_names()}
+
+
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, f):
+    def __init__(self, f, max_tensor_bytes: int):
         super().__init__(f)
         self.module_dict_type = _module_dict_record_type()
+        budget = _TensorBudget(max_tensor_bytes)
         allowed: dict[tuple[str, str], Any] = {
             ("collections", "OrderedDict"): _ordered_dict,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_tensor_v2"): budget.rebuild,
             ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
             ("torch.storage", "_load_from_bytes"): _load_from_bytes,
             ("numpy", "dtype"): _numpy_dtype,
@@ -221,12 +246,12 @@ class _AllowListUnpickler(pickle.Unpickler):
         for key in _numpy_scalar_names():
             allowed[key] = _numpy_scalar
         self.allowed = {k: _Allowed(".".join(k), fn) for k, fn in allowed.items()}
-        self.allowed[("torch.nn.modules.container", "ModuleDict")] = self.module_dict_type
+        self.allowed[MODULE_DICT] = self.module_dict_type
 
     def find_class(self, module, name):
         obj = self.allowed.get((module, name))
         if obj is None:
-            raise _Refused(f"the global {module}.{name} is not allowed in an EDM network pickle")
+            raise _Refused(f"the global {short_repr(module)[1:-1]}.{short_repr(name)[1:-1]} is not allowed in an EDM network pickle")
         return obj
 
     def persistent_load(self, pid):
@@ -258,20 +283,33 @@ class _HashingReader:
 def read_edm_pickle(path: str | Path) -> dict:
     """Unpickle an EDM snapshot into plain data and inert records. Executes nothing from the file.
 
-    The file's SHA-256 is returned under the extra key ``'__sha256__'``."""
+    The opcode stream is checked first (:func:`~sampler_bench.models.safe_pickle.scan_pickle`:
+    allowed globals and opcodes, nesting depth, BUILD targets, lengths), then unpickled with the
+    allow-list. The file's SHA-256 is returned under the extra key ``'__sha256__'``."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
             head = raw.read(2)
             raw.seek(0)
-            f = _HashingReader(raw)
             if head[:2] == b"PK":
                 raise _err(path, "it is a zip archive (a torch.save checkpoint), not an EDM network pickle (.pkl from NVlabs/edm)")
             if len(head) < 2 or head[0] != pickle.PROTO[0]:
                 raise _err(path, "not a pickle file; expected an EDM network pickle (.pkl from NVlabs/edm)")
             if head[1] not in PICKLE_PROTOCOLS:
                 raise _err(path, f"pickle protocol {head[1]} is not what EDM writes (protocol 4); not an EDM network pickle")
-            data = _AllowListUnpickler(f).load()
+            try:
+                scan_pickle(raw, allowed_globals=_allowed_globals(), build_targets=BUILD_TARGETS, max_depth=MAX_DEPTH,
+                            max_bytes=size, protocols=PICKLE_PROTOCOLS)
+            except PickleRefused as exc:
+                if "truncated" in str(exc):
+                    raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
+                raise _Refused(str(exc)) from None
+            if raw.read(1):
+                raise _err(path, "trailing data after the pickle; the file is not a single EDM network pickle")
+            raw.seek(0)
+            f = _HashingReader(raw)
+            data = _AllowListUnpickler(f, max_tensor_bytes=size).load()
             if f.read(1):
                 raise _err(path, "trailing data after the pickle; the file is not a single EDM network pickle")
     except BenchError:
@@ -282,17 +320,20 @@ def read_edm_pickle(path: str | Path) -> dict:
         raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
     except RecursionError:
         raise _err(path, "the pickle is nested too deeply; not an EDM network pickle") from None
+    except MemoryError:
+        raise _err(path, "the pickle needs more memory than is available; not an EDM network pickle") from None
     except OSError as exc:
         raise _err(path, f"cannot read it ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 -- malformed pickle data of any kind
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if "ran out of input" in msg.lower() or "truncated" in msg.lower():
             raise _err(path, "the file is truncated (pickle data ran out); download it again") from None
-        raise _err(path, f"malformed pickle ({type(exc).__name__}: {msg}); not an EDM network pickle") from None
+        raise _err(path, f"malformed pickle ({type(exc).__name__}: {short_repr(msg, 200)[1:-1]}); not an EDM network pickle") from None
     if not isinstance(data, dict):
         raise _err(path, f"the pickle holds a {type(data).__name__}, expected EDM's snapshot dict with an 'ema' network; give an EDM network pickle (.pkl from NVlabs/edm)")
     if "ema" not in data:
-        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(map(_key_text, list(data)[:10])) or 'none'}{' ...' if len(data) > 10 else ''}); give an EDM network pickle (.pkl from NVlabs/edm)")
+        keys = [short_repr(k) for k in list(data)[:8]] + (["..."] if len(data) > 8 else [])
+        raise _err(path, f"the snapshot has no 'ema' network (keys: {', '.join(keys) or 'none'}); give an EDM network pickle (.pkl from NVlabs/edm)")
     data["__sha256__"] = f.h.hexdigest()
     return data
 
@@ -311,42 +352,63 @@ def _state_of(node, where):
     raise _Refused(f"{where or 'the network'} is not a module record")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
 def flatten_state_dict(record, prefix: str = "") -> "collections.OrderedDict[str, torch.Tensor]":
-    """The ``state_dict()`` the recorded module would have: parameters, persistent buffers, children."""
+    """The ``state_dict()`` the recorded module would have: parameters, persistent buffers, children.
+
+    A module record met twice (the file shares it, which EDM never does) is refused: shared subtrees
+    would otherwise be walked exponentially often."""
     out: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+    seen: set[int] = set()
 
     def walk(node, pre):
+        if id(node) in seen:
+            raise _Refused(f"module {short_repr(pre.rstrip('.'), 60)} appears twice in the module tree")
+        seen.add(id(node))
         st = _state_of(node, pre.rstrip("."))
         params, buffers = st.get("_parameters", {}), st.get("_buffers", {})
         nonpersistent = st.get("_non_persistent_buffers_set", set()) or set()
         modules = st.get("_modules", {})
-        if not all(isinstance(d, dict) for d in (params, buffers, modules)):
-            raise _Refused(f"module '{pre.rstrip('.') or 'ema'}' has a malformed state")
-        for kind, items in (("parameter", params.items()), ("buffer", buffers.items())):
+        if not all(isinstance(d, dict) for d in (params, buffers, modules)) or not isinstance(nonpersistent, (set, frozenset)):
+            raise _Refused(f"module {short_repr(pre.rstrip('.') or 'ema', 60)} has a malformed state")
+        for kind, items in (("parameter", params.items()), ("buffer", buffers.items()), ("module", modules.items())):
             for k, v in items:
+                if not isinstance(k, str) or not _NAME.fullmatch(k):
+                    raise _Refused(f"a {kind} named {short_repr(k)} in module {short_repr(pre.rstrip('.') or 'ema', 60)}")
                 if v is None or (kind == "buffer" and k in nonpersistent):
                     continue
-                if not isinstance(v, torch.Tensor):
-                    raise _Refused(f"{kind} '{pre}{k}' is not a tensor")
-                out[pre + k] = v
-        for k, child in modules.items():
-            if child is not None:
-                walk(child, f"{pre}{k}.")
+                if kind == "module":
+                    walk(v, f"{pre}{k}.")
+                elif not isinstance(v, torch.Tensor):
+                    raise _Refused(f"{kind} {short_repr(pre + k, 60)} is not a tensor")
+                else:
+                    out[pre + k] = v
 
     walk(record, prefix)
     return out
 
 
-def _plain(v, where):
-    """Constructor-argument values as plain Python (numpy scalars -> float/int); anything else refused."""
-    if isinstance(v, (bool, int, float, str)) or v is None:
+def _plain(v, where, budget=None):
+    """Constructor-argument values as plain Python (numpy scalars -> float/int); anything else refused.
+    At most 10,000 values in all (a shared list tree would otherwise be walked exponentially often)."""
+    budget = budget if budget is not None else [10_000]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Refused(f"constructor arguments of {where} hold too many values")
+    if isinstance(v, (bool, int, float)) or v is None:
+        return v
+    if isinstance(v, str):
+        if len(v) > 256:
+            raise _Refused(f"constructor argument {where} holds a string of {len(v)} characters")
         return v
     if isinstance(v, np.generic) and v.dtype.kind in _NUMERIC_KINDS:
         return v.item()
     if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x, where) for x in v)
+        return type(v)(_plain(x, where, budget) for x in v)
     if isinstance(v, dict):
-        return {str(k): _plain(x, where) for k, x in v.items()}
+        return {str(k): _plain(x, where, budget) for k, x in v.items()}
     raise _Refused(f"constructor argument {where} has an unsupported value of type {type(v).__name__}")
 
 
@@ -362,12 +424,52 @@ def check_init_kwargs(class_name: str, kwargs: dict) -> dict:
         raise _Refused(f"{class_name} has malformed constructor arguments")
     model_type = kwargs.get("model_type", inspect.signature(cls.__init__).parameters["model_type"].default)
     if model_type not in nets.ARCHITECTURES:
-        raise _Refused(f"unknown model_type {_brief(model_type)} (known: {', '.join(nets.ARCHITECTURES)})")
+        raise _Refused(f"unknown model_type {short_repr(model_type)} (known: {', '.join(nets.ARCHITECTURES)})")
     inner = _accepted_kwargs(nets.ARCHITECTURES[model_type]) - {"img_resolution", "in_channels", "out_channels", "label_dim"}
     unknown = sorted(set(kwargs) - _accepted_kwargs(cls) - inner)
     if unknown:
-        raise _Refused(f"unknown constructor argument(s) {', '.join(unknown)} for {class_name}/{model_type}")
-    return {k: _plain(v, f"{class_name}.{k}") for k, v in kwargs.items()}
+        raise _Refused(f"unknown constructor argument(s) {', '.join(map(short_repr, unknown[:5]))} for {class_name}/{model_type}")
+    budget = [10_000]
+    return {k: _plain(v, f"{class_name}.{k}", budget) for k, v in kwargs.items()}
+
+
+MAX_RESOLUTION = 4096
+MAX_CHANNELS = 1 << 16
+
+
+def _int_arg(kwargs, cls, name, lo, hi):
+    v = kwargs.get(name, inspect.signature(cls.__init__).parameters[name].default)
+    if type(v) is not int or not lo <= v <= hi:
+        raise _Refused(f"constructor argument {name}={short_repr(v)} is not an integer in {lo}..{hi}")
+    return v
+
+
+def check_structure(class_name: str, kwargs: dict, flat: dict) -> None:
+    """Before building anything: the architecture the arguments describe must be one the stored
+    tensors can fill (a UNetBlock holds at least 10 tensors; iDDPM's grid ``u`` has M + 1 entries),
+    so that no argument such as ``num_blocks=10**5`` makes us build a huge network or loop for
+    minutes before the weights are checked."""
+    cls = nets.PRECONDITIONERS[class_name]
+    model_type = kwargs.get("model_type", inspect.signature(cls.__init__).parameters["model_type"].default)
+    arch = nets.ARCHITECTURES[model_type]
+    res = _int_arg(kwargs, cls, "img_resolution", 1, MAX_RESOLUTION)
+    _int_arg(kwargs, cls, "img_channels", 1, 64)
+    _int_arg(kwargs, cls, "label_dim", 0, 100_000)
+    _int_arg(kwargs, arch, "model_channels", 1, MAX_CHANNELS)
+    blocks = _int_arg(kwargs, arch, "num_blocks", 0, 64)
+    mult = kwargs.get("channel_mult", inspect.signature(arch.__init__).parameters["channel_mult"].default)
+    if not isinstance(mult, (list, tuple)) or not mult or len(mult) > 16 or any(type(m) is not int or not 1 <= m <= 64 for m in mult):
+        raise _Refused(f"constructor argument channel_mult={short_repr(mult)} is not a short list of small positive integers")
+    if res >> (len(mult) - 1) < 1:
+        raise _Refused(f"channel_mult has {len(mult)} levels, more than resolution {res} can be halved")
+    unet_blocks = len(mult) * (2 * blocks + 3)
+    if 10 * unet_blocks > len(flat):
+        raise _Refused(f"its arguments describe {unet_blocks} U-Net blocks (at least {10 * unet_blocks} tensors) but the file holds {len(flat)} tensors")
+    if class_name == "iDDPMPrecond":
+        M = _int_arg(kwargs, cls, "M", 1, 10**6)
+        u = flat.get("u")
+        if u is None or tuple(u.shape) != (M + 1,):
+            raise _Refused(f"iDDPM grid 'u' has shape {tuple(u.shape) if u is not None else 'missing'}, M={M} needs ({M + 1},)")
 
 
 def build_network(ema) -> torch.nn.Module:
@@ -382,6 +484,7 @@ def build_network(ema) -> torch.nn.Module:
         raise _Refused(f"{ema.class_name} carries no constructor arguments (_init_kwargs)")
     kwargs = check_init_kwargs(ema.class_name, ema.init_kwargs)
     flat = flatten_state_dict(ema)
+    check_structure(ema.class_name, kwargs, flat)
     try:
         # built on the CPU with uninitialised storage (skip_init), not on the meta device: torch's first
         # meta-device arithmetic imports torch._dynamo (about 2 s), longer than reading the file
@@ -598,7 +701,9 @@ class EDMDenoiser(Denoiser):
             self.time_map = IDDPMGridTime(net.u, net.M)
         else:
             self.time_map = None
+        self._memory_ok: set[int] = set()
         self.to(device)
+        self._check_memory(1)  # refuse at load a network whose forward pass cannot fit even one sample
 
     @property
     def network_dtype(self) -> torch.dtype:
@@ -608,30 +713,53 @@ class EDMDenoiser(Denoiser):
     def to(self, device):
         super().to(device)
         self.net.to(self.device)
+        self._memory_ok = set()  # the memory check is per device
         return self
 
     def round_sigma(self, sigma):
         s = as_f64(sigma)
         if isinstance(self.net, nets.iDDPMPrecond):
-            # nearest non-zero grid point (EDM's own round_sigma also offers u[M] = 0, which would
-            # turn a small positive sigma into 0); sigma = 0 stays 0
-            grid = self.net.u[: self.net.M].to(torch.float32).cpu()
-            idx = (s.to(torch.float32).cpu().reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(1)
-            out = grid[idx].to(F64).reshape(s.shape).to(s.device)
-            return torch.where(s == 0, s, out)
+            # EDM's own choice (cdist over u[0..M], on the network's device), except that a positive
+            # sigma is never rounded to u[M] = 0: below u[M-1] / 2, outside the sampling range
+            # [sigma_min, sigma_max] every schedule is clamped to, it snaps to u[M-1] instead
+            out = self.net.round_sigma(s).to(F64)
+            return torch.where((s > 0) & (out == 0), torch.full_like(s, float(self.net.u[self.net.M - 1])), out)
         return s
 
     @torch.no_grad()
     def denoise(self, x, sigma, labels=None):
-        n = x.shape[0]
-        s = as_f64(sigma).to(x.device).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(n)
+        s = as_f64(sigma).to(x.device)
+        # one sigma for the batch is passed as a 0-d tensor, as EDM's sampler does: the network
+        # then embeds the noise level once (batch 1) and broadcasts, which is what makes its output
+        # bit-identical to upstream's (a per-sample sigma vector rounds differently)
+        s = s.reshape(()) if s.numel() == 1 else s.reshape(-1)
         onehot = None
         if self.num_classes and labels is not None:
             onehot = torch.nn.functional.one_hot(labels.to(x.device).long(), self.num_classes).to(torch.float32)
-        out = self.net(x.to(torch.float32), s.to(torch.float32), onehot, force_fp32=self.force_fp32)
+        self._check_memory(x.shape[0])
+        try:
+            out = self.net(x.to(torch.float32), s, onehot, force_fp32=self.force_fp32)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise self._memory_error(x.shape[0], str(exc)) from None
+        except RuntimeError as exc:
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            raise self._memory_error(x.shape[0], str(exc)) from None
         return out.to(F64)
+
+    def _check_memory(self, batch: int) -> None:
+        if batch in self._memory_ok:
+            return
+        need, have = activation_bytes(self.net, batch), available_memory(self.device)
+        if have is not None and need > have:
+            raise self._memory_error(batch, f"about {need / 2**30:.2f} GiB needed, {have / 2**30:.2f} GiB available")
+        self._memory_ok.add(batch)
+
+    def _memory_error(self, batch: int, detail: str) -> BenchError:
+        need = activation_bytes(self.net, batch)
+        c, r = self.image_shape[0], self.image_shape[1]
+        return BenchError(f"model '{self.name}' ({c}x{r}x{r}) needs about {need / 2**30:.2f} GiB of {self.device.type} memory "
+                          f"for a batch of {batch} ({short_repr(detail, 120)[1:-1]}); use a smaller --batch or a machine with more memory.")
 
     def describe(self):
         d = super().describe()
@@ -643,9 +771,23 @@ class EDMDenoiser(Denoiser):
         return d
 
 
+def check_network_matches(net: torch.nn.Module, name: str, path, expected: dict) -> None:
+    """Refuse a loaded network that is not the registry entry it was downloaded as: its resolution,
+    image channels, class count, parameter count and (where documented) preconditioner must all be
+    what the entry says. Keys of ``expected`` that are None are not checked."""
+    found = {"resolution": int(net.img_resolution), "channels": int(net.img_channels), "classes": int(net.label_dim),
+             "parameters": sum(p.numel() for p in net.parameters()), "precond": type(net).__name__}
+    bad = [f"{k} {found[k]} (expected {v})" for k, v in expected.items() if v is not None and found[k] != v]
+    if bad:
+        raise BenchError(f"checkpoint '{name}' at {path} is not the registered network: it has {', '.join(bad)}; "
+                         f"delete it (bench download --clear {name}) and download it again, or fix checkpoints/*.yaml.")
+
+
 def load_edm_denoiser(path: str | Path, device: torch.device | str = "cpu", name: str | None = None,
-                      force_fp32: bool = False, extra_info: dict | None = None) -> EDMDenoiser:
+                      force_fp32: bool = False, extra_info: dict | None = None, expected: dict | None = None) -> EDMDenoiser:
     net, info = load_edm_network(path)
+    if expected:
+        check_network_matches(net, name or Path(path).stem, path, expected)
     info["path"] = str(path)
     info.update(extra_info or {})
     return EDMDenoiser(net, name=name or Path(path).stem, device=device, force_fp32=force_fp32, info=info)

@@ -136,7 +136,11 @@ def _build_edm_checkpoint(ck, device: torch.device, fp32: bool = False) -> Denoi
     from sampler_bench.models.edm import load_edm_denoiser
 
     path, digest = ensure_checkpoint(ck)
-    return load_edm_denoiser(path, device, name=ck.name, force_fp32=fp32,
+    expected = {"resolution": ck.resolution, "channels": ck.channels, "classes": ck.classes,
+                "parameters": ck.parameters,
+                # the preconditioner is certain for config F (train.py's default); inferred for the baselines
+                "precond": ck.precond if ck.verified and ck.config == "F" else None}
+    return load_edm_denoiser(path, device, name=ck.name, force_fp32=fp32, expected=expected,
                              extra_info={"checkpoint": ck.name, "sha256": digest})
 
 

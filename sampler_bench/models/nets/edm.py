@@ -557,17 +557,21 @@ class iDDPMPrecond(_Precond):  # noqa: N801  (EDM's class name)
         self.C_2 = C_2
         self.M = M
         self._build_model(model_type, model_kwargs)
-        u = iddpm_u_grid(M, C_1, C_2)
+        u = torch.empty(M + 1) if _SKIP_INIT.get() else iddpm_u_grid(M, C_1, C_2)  # loaded from the file
         self.register_buffer("u", u)
-        self.sigma_min = float(u[M - 1])
-        self.sigma_max = float(u[0])
+        # set from the loaded grid when u is a placeholder (models.edm.build_network)
+        self.sigma_min = float("nan") if u.is_meta else float(u[M - 1])
+        self.sigma_max = float("nan") if u.is_meta else float(u[0])
 
     def round_sigma(self, sigma, return_index=False):
+        """The grid point nearest to sigma, chosen exactly as EDM does: ``torch.cdist`` on the whole
+        grid u[0..M] (u[M] = 0 included). cdist computes the distance through a matrix product
+        (sqrt(x^2 - 2xu + u^2) in float32), so near a midpoint it may pick the farther neighbour;
+        we keep that choice to stay bit-exact with upstream."""
         sigma = torch.as_tensor(sigma)
-        d = (sigma.to(self.u.device).to(torch.float32).reshape(-1, 1) - self.u.reshape(1, -1)).abs()
-        index = d.argmin(1)
-        out = index if return_index else self.u[index].to(sigma.dtype)
-        return out.reshape(sigma.shape).to(sigma.device)
+        index = torch.cdist(sigma.to(self.u.device).to(torch.float32).reshape(1, -1, 1), self.u.reshape(1, -1, 1)).argmin(2)
+        result = index if return_index else self.u[index.flatten()].to(sigma.dtype)
+        return result.reshape(sigma.shape).to(sigma.device)
 
     def coefficients(self, sigma):
         c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
