@@ -27,7 +27,7 @@ from sampler_bench.fileio import atomic_dir, write_json, write_npz, write_png
 from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
-from sampler_bench.models.registry import load_model, resolve_device
+from sampler_bench.models.registry import apply_guidance, load_model, resolve_device
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
 
@@ -70,6 +70,8 @@ class RunConfig:
     fid_ref: str | None = None
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
+    classifier: str | None = None  # classifier guidance (models/guidance.py): NAME, PATH or gmm
+    guidance_scale: float | None = None  # None: 1.0 when a classifier is given
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
@@ -77,6 +79,8 @@ class RunConfig:
         d.pop("inception_weights", None)  # where the weights come from does not change the run
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
+        if self.classifier is None and self.guidance_scale is None:  # unguided runs keep their old identity
+            d.pop("classifier"), d.pop("guidance_scale")
         return d
 
 
@@ -117,6 +121,7 @@ class Plan:
     sigmas: torch.Tensor
     device: torch.device
     label_mode: str | int | None
+    classifier_calls: list[int] = field(default_factory=list)  # per batch, counted apart from NFE
 
 
 def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
@@ -132,6 +137,7 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None) -> Plan:
     steps = steps_for_nfe(spec, cfg.nfe, opts)
     if model is None:
         model = load_model(cfg.model, device)
+    model = apply_guidance(model, cfg.classifier, cfg.guidance_scale, device)
     if spec.needs_time_map and model.time_map is None:
         raise BenchError(f"solver '{spec.name}' works in the model's native VP time, and model '{cfg.model}' has none; use a rho-space solver (e.g. deis-rhoab3) instead.")
     schedule = cfg.schedule or spec.schedule_for(model)
@@ -173,9 +179,12 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
         else:
             labels = torch.full((len(bseeds),), int(plan.label_mode), device=dev, dtype=torch.long)
         bound = BoundDenoiser(model, labels)
+        c0 = getattr(model, "classifier_calls", None)
         with torch.inference_mode(not getattr(model, "needs_grad", False)):
             x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
                            noise=SeededNoise(gens, shape, dev), opts=plan.opts)
+        if c0 is not None:
+            plan.classifier_calls.append(model.classifier_calls - c0)
         if not bool(torch.isfinite(x).all()):
             raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
         batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu())
@@ -300,6 +309,8 @@ def run_sample(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, save
                 },
                 "nfe_requested": cfg.nfe,
                 "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
+                **({"classifier_calls": plan.classifier_calls[0] if len(set(plan.classifier_calls)) == 1
+                    else plan.classifier_calls} if plan.classifier_calls else {}),
                 "num_images": n,
                 "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
                 "wall_time_s": round(wall, 4),

@@ -19,6 +19,11 @@ def progress_bar() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
+def guided_note(rec: dict) -> str:
+    g = (rec.get("resolved", {}).get("model") or {}).get("guidance")
+    return f", classifier calls {rec.get('classifier_calls', 0)} at scale {g['scale']:g}" if g else ""
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sample")
     @user_errors
@@ -39,9 +44,12 @@ def register(app: typer.Typer) -> None:
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
+        classifier: Optional[str] = typer.Option(None, "--classifier", help="Classifier guidance: a classifier name (`bench models`), a guided-diffusion .pt, or gmm (the analytic model's exact posterior)."),
+        guidance_scale: Optional[str] = typer.Option(None, "--guidance-scale", help="Classifier guidance scale s >= 0 (default 1 with --classifier): D + s sigma^2 grad log p(y|x)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.metrics import parse_metrics
+        from sampler_bench.models.guidance import check_scale
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
         from sampler_bench.solvers import split_opt_args
 
@@ -52,7 +60,8 @@ def register(app: typer.Typer) -> None:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
-                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics), classifier=classifier,
+                        guidance_scale=None if guidance_scale is None else check_scale(guidance_scale))
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line
@@ -67,6 +76,6 @@ def register(app: typer.Typer) -> None:
             console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:
             console.print(f"wrote {rec['num_images']} samples to {out} "
-                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
+                          f"(NFE counted {rec['nfe_counted']}{guided_note(rec)}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']})",
                           soft_wrap=True)
         print_metrics(rec.get("metrics") or {})

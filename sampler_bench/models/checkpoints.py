@@ -54,6 +54,9 @@ class Checkpoint:
     paper: dict = field(default_factory=dict)
     sha256: str | None = None
     verified: bool = True
+    role: str = "model"  # adm-pt: model or classifier
+    flags: dict = field(default_factory=dict)  # adm-pt: guided-diffusion flags
+    size: str | None = None  # approximate download size, informational
 
     @property
     def path(self) -> Path:
@@ -79,8 +82,8 @@ class Checkpoint:
 _FIELDS = {f for f in Checkpoint.__dataclass_fields__}
 
 
-def load_registry(directory: Path | None = None) -> dict[str, Checkpoint]:
-    """All ``format: edm-pkl`` entries of ``checkpoints/*.yaml`` (other formats belong to other loaders)."""
+def load_registry(directory: Path | None = None, fmt: str = "edm-pkl") -> dict[str, Checkpoint]:
+    """All ``format: FMT`` entries of ``checkpoints/*.yaml`` (other formats belong to other loaders)."""
     import yaml
 
     directory = directory or REGISTRY_DIR
@@ -91,7 +94,7 @@ def load_registry(directory: Path | None = None) -> dict[str, Checkpoint]:
         except (OSError, yaml.YAMLError) as exc:
             raise BenchError(f"checkpoint registry {yml} is not valid YAML ({str(exc).splitlines()[0]}); fix or remove it.") from None
         for item in doc.get("checkpoints", []) or []:
-            if not isinstance(item, dict) or item.get("format") != "edm-pkl":
+            if not isinstance(item, dict) or item.get("format") != fmt:
                 continue
             extra = set(item) - _FIELDS
             if extra or not item.get("name") or not item.get("url"):
@@ -100,6 +103,7 @@ def load_registry(directory: Path | None = None) -> dict[str, Checkpoint]:
             item = dict(item)
             item.setdefault("file", Path(urlparse(item["url"]).path).name)
             item["paper"] = item.get("paper") or {}
+            item["flags"] = item.get("flags") or {}
             out[item["name"]] = Checkpoint(**item)
     return out
 

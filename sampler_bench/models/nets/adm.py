@@ -315,6 +315,11 @@ CLASSIFIER_DEFAULTS = dict(image_size=64, classifier_width=128, classifier_depth
                            diffusion_steps=1000)
 
 
+def _split(text) -> list[str]:
+    """'32,16,8', '32x16x8' or '32/16/8' (the last two fit inside NAME:key=value,... specs)."""
+    return [v.strip() for v in str(text).replace("x", ",").replace("/", ",").split(",") if v.strip()]
+
+
 def _channel_mult(image_size: int, text) -> tuple:
     if text in ("", None):
         if image_size not in CHANNEL_MULT:
@@ -322,11 +327,11 @@ def _channel_mult(image_size: int, text) -> tuple:
         return CHANNEL_MULT[image_size]
     if isinstance(text, (list, tuple)):
         return tuple(text)
-    return tuple(float(v) if "." in v else int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    return tuple(float(v) if "." in v else int(v) for v in _split(text))
 
 
 def _attention_ds(image_size: int, text) -> tuple[int, ...]:
-    res = [int(v) for v in str(text).split(",") if v.strip()] if not isinstance(text, (list, tuple)) else list(text)
+    res = [int(v) for v in _split(text)] if not isinstance(text, (list, tuple)) else list(text)
     return tuple(image_size // r for r in res)
 
 
