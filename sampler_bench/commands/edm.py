@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def download(names: List[str] = typer.Argument(None, help="Registered checkpoint names (`bench models`); none = list the cache."),):
         """Download registered checkpoints into the cache (resumable) and verify their checksums."""
-        from sampler_bench.models.checkpoints import KNOWN, cache_dir, cache_state, ensure_checkpoint
+        from sampler_bench.models.checkpoints import KNOWN, cache_dir, cache_state, ensure_checkpoint, load_registry
+
+        KNOWN = {**KNOWN, **load_registry(fmt="adm-pt")}  # noqa: N806 -- EDM and guided-diffusion files
 
         if not names:
             console.print(f"cache: {cache_dir()}")

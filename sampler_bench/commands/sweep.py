@@ -40,6 +40,12 @@ def _dry_run(sweep, shard) -> None:
         note = model_availability(model)
         if note:
             console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+    from sampler_bench.sweep.config import classifier_availability
+
+    for spec in dict.fromkeys(c.cfg.classifier for c in cells if c.cfg.classifier):
+        note = classifier_availability(spec)
+        if note:
+            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
