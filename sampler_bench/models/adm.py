@@ -268,6 +268,11 @@ class _TimeInput:
         return self.time_map.t(s)
 
 
+def _io_dtype(net) -> torch.dtype:
+    """The network's input dtype: float32 (its fp32 parts); float64 only for a net converted by .double()."""
+    return net.time_embed[0].weight.dtype
+
+
 def _check_time_mode(mode: str) -> str:
     if mode not in TIME_MODES:
         raise BenchError(f"time_mode={mode!r} is not valid; use {' or '.join(TIME_MODES)}.")
@@ -317,7 +322,8 @@ class ADMDenoiser(_TimeInput, Denoiser):
             raise BenchError(f"model '{self.name}' is class-conditional and needs class labels.")
         c_in = alpha_from_sigma(s).reshape(-1, 1, 1, 1)
         y = labels.to(x.device).long() if self.num_classes else None
-        out = self.net((x * c_in).to(torch.float32), self.time_input(s).to(torch.float32), y)
+        dt = _io_dtype(self.net)
+        out = self.net((x * c_in).to(dt), self.time_input(s).to(dt), y)
         return out[:, : self.image_shape[0]].to(F64)  # learned-variance channels dropped
 
     @torch.no_grad()
@@ -356,11 +362,12 @@ class ADMClassifier(_TimeInput, Classifier):
         return self
 
     def logits(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Classifier logits at sigma-space ``x`` (the network sees ``x_t = alpha x``), float32."""
+        """Classifier logits at sigma-space ``x`` (the network sees ``x_t = alpha x``)."""
         s = as_f64(sigma).to(x.device).reshape(-1)
         s = s.expand(x.shape[0]) if s.numel() == 1 else s
         xt = alpha_from_sigma(s).reshape(-1, 1, 1, 1) * x
-        return self.net(xt.to(torch.float32), self.time_input(s).to(torch.float32)).float()
+        dt = _io_dtype(self.net)
+        return self.net(xt.to(dt), self.time_input(s).to(dt))
 
     def grad_log_prob(self, x, sigma, labels):
         with torch.enable_grad():

@@ -206,10 +206,14 @@ def _load_adm_pt(path: Path, device: torch.device) -> Denoiser:
     return load_adm_denoiser(path, device)
 
 
-def _adm_param_types() -> dict[str, Callable]:
+def _adm_param_types(role: str = "model") -> dict[str, Callable]:
     from sampler_bench.models.adm import FLAG_TYPES, OPTION_TYPES
+    from sampler_bench.models.nets.adm import CLASSIFIER_DEFAULTS, MODEL_DEFAULTS
 
-    return {k: str for k in {**FLAG_TYPES, **OPTION_TYPES}}  # typed by split_params (one message per flag)
+    names = MODEL_DEFAULTS if role == "model" else CLASSIFIER_DEFAULTS
+    extra = {"num_heads_upsample"} if role == "model" else {"classifier_num_head_channels"}
+    keys = [k for k in FLAG_TYPES if k in names or k in extra] + [k for k in OPTION_TYPES if role == "model" or k != "fp32"]
+    return {k: str for k in keys}  # typed by adm.split_params (one message per flag)
 
 
 def _register_adm_family() -> None:
@@ -254,7 +258,7 @@ def load_classifier(spec: str, device: str | torch.device = "cpu", model: Denois
     from sampler_bench.models import adm
 
     if name in CLASSIFIERS or name == "adm-classifier":
-        params = parse_params(rest, _adm_param_types(), f"classifier '{name}'", lambda k, v: f"{k}={v!r} is not valid.")
+        params = parse_params(rest, _adm_param_types("classifier"), f"classifier '{name}'", lambda k, v: f"{k}={v!r} is not valid.")
         flags, opts = adm.split_params(params, name)
         mode = opts.get("time_mode", model_mode)
         if name == "adm-classifier":

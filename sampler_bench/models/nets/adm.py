@@ -39,13 +39,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """32 groups, computed in fp32 and cast back."""
+    """32 groups, computed in fp32 (at least: in the parameters' dtype) and cast back."""
 
     def __init__(self, channels: int):
         super().__init__(32, channels)
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(x.to(self.weight.dtype)).type(x.dtype)
 
 
 class TimestepEmbedSequential(nn.Sequential):
@@ -216,10 +216,11 @@ class _Torso(nn.Module):
 
     @property
     def torso_dtype(self) -> torch.dtype:
-        return torch.float16 if self.use_fp16_active else torch.float32
+        return torch.float16 if self.use_fp16_active else self.time_embed[0].weight.dtype
 
     def _embed(self, timesteps):
-        return self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        w = self.time_embed[0].weight
+        return self.time_embed(timestep_embedding(timesteps, self.model_channels).to(w.dtype))
 
 
 class UNetModel(_Torso):
