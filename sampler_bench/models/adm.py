@@ -136,9 +136,12 @@ def known_configs() -> list[tuple[str, str, dict]]:
     return out + [("tiny-adm model", "model", dict(TINY_MODEL_FLAGS)), ("tiny-adm classifier", "classifier", dict(TINY_CLASSIFIER_FLAGS))]
 
 
+SMALL_NET = 20_000_000  # parameters; smaller networks are built on the CPU (no meta-device machinery to import)
+
+
 @functools.lru_cache(maxsize=None)
-def _fingerprint(role: str, frozen_flags: tuple) -> tuple:
-    net = build_net(role, dict(frozen_flags), "meta")
+def _fingerprint(role: str, frozen_flags: tuple, small: bool = False) -> tuple:
+    net = build_net(role, dict(frozen_flags), "cpu" if small else "meta")
     return tuple(sorted(_shapes(net.state_dict()).items()))
 
 
@@ -154,7 +157,7 @@ def infer_flags(sd, role: str, path) -> tuple[dict, str]:
         key = tuple(sorted((k, v) for k, v in flags.items() if k not in ("dropout",)))
         if key in hits:
             continue
-        if _fingerprint(role, tuple(sorted(flags.items()))) == want:
+        if _fingerprint(role, tuple(sorted(flags.items())), name.startswith("tiny-adm")) == want:
             hits[key] = name
     if len(hits) == 1:
         (key, name), = hits.items()
@@ -230,7 +233,7 @@ def load_adm_network(path, role: str = "model", flags: dict | None = None) -> tu
         flags, name = infer_flags(sd, role, path)
         info["flags_from"] = f"inferred from the state-dict shapes (matches {name})"
     try:
-        net = build_net(role, flags, "meta")
+        net = build_net(role, flags, "cpu" if sum(v.numel() for v in sd.values()) < SMALL_NET else "meta")
     except (ValueError, ZeroDivisionError, KeyError) as exc:
         raise BenchError(f"the flags for '{path}' do not describe a network ({exc}); check them.") from None
     return load_strict(net, sd, path, role), flags, info

@@ -168,6 +168,7 @@ _register_edm_family()
 # ---------------------------------------------------------------------------------------------
 
 CLASSIFIERS: dict[str, Any] = {}  # registered classifier name -> Checkpoint
+_CLASSIFIER_CACHE: dict[tuple, Any] = {}  # the last classifier loaded from a file (one at a time)
 
 
 def _adm_summary(ck) -> str:
@@ -276,7 +277,12 @@ def load_classifier(spec: str, device: str | torch.device = "cpu", model: Denois
     if path.suffix.lower() == ".pt":
         if not path.is_file():
             raise BenchError(f"classifier file '{spec}' does not exist; check the path.")
-        return adm.load_adm_classifier(path, device, time_mode=model_mode)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device), model_mode)
+        if key not in _CLASSIFIER_CACHE:  # sweeps wrap every cell's model: load the file once
+            _CLASSIFIER_CACHE.clear()
+            _CLASSIFIER_CACHE[key] = adm.load_adm_classifier(path, device, time_mode=model_mode)
+        return _CLASSIFIER_CACHE[key]
     close = difflib.get_close_matches(name, list(CLASSIFIERS) + ["gmm"], n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise BenchError(f"unknown classifier '{spec}'; {hint}use gmm, a classifier name from `bench models`, or a .pt path.")
