@@ -273,3 +273,20 @@ def test_time_mode_and_flags_from_the_spec(tiny_model):
         load_model(f"adm:path={tiny_model},class_cond=maybe")
     with pytest.raises(BenchError, match="needs path"):
         load_model("adm:image_size=16")
+
+
+def test_mixed_precision_is_guided_diffusions_fp16_torso(tiny_model):
+    net = adm.make_tiny("model")
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([5.0, 700.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        ref = net(x, t, y)
+        net.set_fp16(True)
+        half = net(x, t, y)
+    convs = {f"{m_name}.{k}" for m_name, m in net.named_modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))
+             and m_name.startswith(("input_blocks", "middle_block", "output_blocks")) for k in ("weight", "bias")}
+    assert len(convs) > 20 and "out.2.weight" not in convs
+    for name, p in net.named_parameters():
+        assert p.dtype == (torch.float16 if name in convs else torch.float32), name
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, ref, rtol=0, atol=0.05 * float(ref.abs().max()))
+    assert adm.load_adm_denoiser(tiny_model).network_dtype == torch.float32  # fp16 on CUDA only
