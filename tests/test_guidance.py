@@ -153,6 +153,14 @@ def test_done_means_command_records_classifier_and_scale(tiny_dir, tmp_path):
     assert "classifier calls 20 at scale 2" in res.stdout
 
 
+def test_tiny_adm_refuses_to_overwrite(tiny_dir, tmp_path):
+    before = (tiny_dir / "model.pt").read_bytes()
+    assert_user_error(bench("tiny-adm", "--out", tiny_dir), "exist", "--overwrite")
+    assert (tiny_dir / "model.pt").read_bytes() == before
+    (tmp_path / "f").write_text("x")
+    assert_user_error(bench("tiny-adm", "--out", tmp_path / "f"), "is a file")
+
+
 def test_unguided_run_identity_is_unchanged(tmp_path):
     assert "classifier" not in RunConfig().identity() and "guidance_scale" not in RunConfig().identity()
 

@@ -291,6 +291,7 @@ class ADMDenoiser(_TimeInput, Denoiser):
         self.time_mode = _check_time_mode(time_mode)
         self.force_fp32 = force_fp32
         self.time_map = schedule_from_flags(self.flags)
+        self.sigma_grid = self.time_map.sigmas  # ascending: sigma of steps 0..N-1
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
         self.num_classes = int(net.num_classes or 0)
         self.label_required = self.num_classes > 0
