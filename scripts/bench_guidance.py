@@ -71,7 +71,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     tmp = None
     if args.random_config:
-        from sampler_bench.models.adm import build_net, save_state_dict
+        from sampler_bench.models.adm_files import build_net, save_state_dict
         from sampler_bench.models.checkpoints import load_registry
 
         reg = load_registry(fmt="adm-pt")
@@ -86,7 +86,7 @@ def main(argv=None):
             specs.append(f"{'adm' if role == 'model' else 'adm-classifier'}:path={path},{kw}")
         args.model, args.classifier = specs
     if args.model is None or args.classifier is None:
-        from sampler_bench.models.adm import make_tiny, save_state_dict
+        from sampler_bench.models.adm_files import make_tiny, save_state_dict
 
         tmp = tempfile.TemporaryDirectory()
         save_state_dict(make_tiny("model"), Path(tmp.name) / "model.pt")

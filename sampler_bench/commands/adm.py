@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         """Write a tiny randomly initialised guided-diffusion UNet (16x16, 10 classes, learned sigma) and its
         noisy classifier as flat state dicts (torch.save), the format of OpenAI's published .pt files:
         `bench sample --model OUT/model.pt --classifier OUT/classifier.pt --guidance-scale 2 ...`."""
-        from sampler_bench.models.adm import make_tiny, save_state_dict
+        from sampler_bench.models.adm_files import make_tiny, save_state_dict
 
         targets = [out / "model.pt", out / "classifier.pt"]
         if out.exists() and not out.is_dir():
