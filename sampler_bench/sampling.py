@@ -33,7 +33,7 @@ from sampler_bench.fileio import atomic_dir, write_json, write_npz, write_png
 from sampler_bench.images import make_grid, quantize
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
-from sampler_bench.models.registry import load_model, resolve_device
+from sampler_bench.models.registry import apply_guidance, load_model, resolve_device
 from sampler_bench.limits import check_limits, check_num_samples, check_seed
 from sampler_bench.progress import phase
 from sampler_bench.rundir import check_replaceable, config_diff, read_run_record
@@ -92,6 +92,8 @@ class RunConfig:
     threads: int | None = None  # CPU intra-op threads (None: the policy in threads.py); not part of identity
     precision: str = "fp32"  # network autocast (accel.py): fp32 (off), fp16, bf16
     compile: bool = False  # torch.compile the network (accel.py)
+    classifier: str | None = None  # classifier guidance (models/guidance.py): NAME, PATH or gmm
+    guidance_scale: float | None = None  # None: 1.0 when a classifier is given
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
@@ -107,6 +109,8 @@ class RunConfig:
                            ("compile", False)):
             if d.get(k) == default:
                 d.pop(k)
+        if self.classifier is None and self.guidance_scale is None:  # unguided runs keep their old identity
+            d.pop("classifier"), d.pop("guidance_scale")
         return d
 
 
@@ -172,6 +176,7 @@ class Plan:
     device: torch.device
     label_mode: str | int | None
     final_step: str = "zero"
+    classifier_calls: list[int] = field(default_factory=list)  # per batch, counted apart from NFE
 
 
 def check_config(cfg: RunConfig, dist=None) -> tuple[torch.device, Any, dict[str, Any], int]:
@@ -202,6 +207,7 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
     device, spec, opts, steps = check_config(cfg, dist)
     if model is None:
         model = load_model(cfg.model, device)
+    model = apply_guidance(model, cfg.classifier, cfg.guidance_scale, device)
     if spec.needs_time_map and model.time_map is None:
         raise BenchError(f"solver '{spec.name}' works in the model's native VP time, and model '{cfg.model}' has none; use a rho-space solver (e.g. deis-rhoab3) instead.")
     schedule = cfg.schedule or spec.schedule_for(model)
@@ -252,9 +258,12 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
     with phase(f"batch {start // plan.cfg.batch + 1}/{nbatches}: denoiser calls", total=plan.cfg.nfe,
                transient=True) if step_progress else contextlib.nullcontext(None) as on_call:
         bound = BoundDenoiser(model, labels) if on_call is None else _ReportingDenoiser(model, labels, on_call)
+        c0 = getattr(model, "classifier_calls", None)  # guidance (models/guidance.py) counts its own calls
         with torch.inference_mode(not getattr(model, "needs_grad", False)):
             x = run_solver(plan.spec, bound, z * plan.sigmas[0], plan.sigmas,
                            noise=noise, opts=plan.opts, final_step=plan.final_step)
+        if c0 is not None:
+            plan.classifier_calls.append(model.classifier_calls - c0)
     if not bool(torch.isfinite(x).all()):
         raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
     batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
@@ -451,8 +460,9 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
     images.flush()
     del images
     if dist.enabled:
-        gathered = dist.all_gather_object((calls, labels, [cons.state() for cons in consumers]))
+        gathered = dist.all_gather_object((calls, labels, [cons.state() for cons in consumers], plan.classifier_calls))
         calls = [k for g in gathered for k in g[0]]
+        plan.classifier_calls = [k for g in gathered for k in g[3]]
         labels = np.max(np.stack([g[1] for g in gathered]), axis=0)
         for j, cons in enumerate(consumers):
             cons.merge([g[2][j] for g in gathered])
@@ -544,6 +554,8 @@ def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: lis
         },
         "nfe_requested": cfg.nfe,
         "nfe_counted": calls[0] if len(set(calls)) == 1 else calls,
+        **({"classifier_calls": plan.classifier_calls[0] if len(set(plan.classifier_calls)) == 1
+            else plan.classifier_calls} if plan.classifier_calls else {}),
         "num_images": n,
         "device": str(plan.device) + (f" ({torch.cuda.get_device_name(plan.device)})" if plan.device.type == "cuda" else ""),
         "world_size": world,

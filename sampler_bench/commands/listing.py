@@ -49,6 +49,13 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, overflow="fold")
         for m in MODELS.values():
             table.add_row(m.name, m.kind, m.status(), m.summary)
+        from sampler_bench.models.checkpoints import cache_state
+        from sampler_bench.models.registry import CLASSIFIERS
+
+        for ck in CLASSIFIERS.values():  # for --classifier (guidance), not --model
+            table.add_row(ck.name, "classifier", cache_state(ck),
+                          f"--classifier: guided-diffusion noisy classifier, {ck.resolution}x{ck.resolution}, {ck.classes} classes; "
+                          f"README classifier_scale {ck.paper.get('classifier_scale')}")
         _print_unwrapped(table)
         if LOADERS_BY_SUFFIX:
             console.print(f"Any checkpoint path also works: {', '.join(sorted(LOADERS_BY_SUFFIX))}")

@@ -14,6 +14,11 @@ from sampler_bench.errors import BenchError
 ORDER = 10  # position among the CLI's commands (cli._register_commands)
 
 
+def guided_note(rec: dict) -> str:
+    g = (rec.get("resolved", {}).get("model") or {}).get("guidance")
+    return f", classifier calls {rec.get('classifier_calls', 0)} at scale {g['scale']:g}" if g else ""
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sample")
     @user_errors
@@ -42,12 +47,15 @@ def register(app: typer.Typer) -> None:
         fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
+        classifier: Optional[str] = typer.Option(None, "--classifier", help="Classifier guidance: a classifier name (`bench models`), a guided-diffusion .pt, or gmm (the analytic model's exact posterior)."),
+        guidance_scale: Optional[str] = typer.Option(None, "--guidance-scale", help="Classifier guidance scale s >= 0 (default 1 with --classifier): D + s sigma^2 grad log p(y|x)."),
         as_json: bool = typer.Option(False, "--json", help="Print the run record (run.json: config, counted NFE, timings, metrics) as one JSON object on stdout, nothing else.", metavar=""),
     ):
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.limits import check_nfe, check_num_samples, check_seed
         from sampler_bench.metrics import parse_metrics
         from sampler_bench.presets import expand
+        from sampler_bench.models.guidance import check_scale
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
         from sampler_bench.solvers import split_opt_args
 
@@ -66,7 +74,8 @@ def register(app: typer.Typer) -> None:
                         opts=run["opts"], class_label=class_label, device=device, fid_ref=fid,
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
                         final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset,
-                        allow_large_nfe=allow_large_nfe, threads=threads, precision=precision, compile=compile_net)
+                        allow_large_nfe=allow_large_nfe, threads=threads, precision=precision, compile=compile_net,
+                        classifier=classifier, guidance_scale=None if guidance_scale is None else check_scale(guidance_scale))
         with CliProgress(quiet):
             rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images)
         if as_json:
@@ -80,7 +89,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"{out}: already holds this run (same config); nothing to do. Use --overwrite to redo it.", soft_wrap=True)
         else:
             console.print(f"wrote {rec['num_images']} samples to {out} "
-                          f"(NFE counted {rec['nfe_counted']}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']}"
+                          f"(NFE counted {rec['nfe_counted']}{guided_note(rec)}, {rec['wall_time_s']:.2f} s, {rec['resolved']['steps']} steps, schedule {rec['resolved']['schedule']}"
                           + (f", final step {rec['resolved']['final_step']}" if rec['resolved'].get('final_step', 'zero') != 'zero' else "")
                           + (f", preset {rec['resolved']['preset']['name']}" if rec['resolved'].get('preset') else "") + ")",
                           soft_wrap=True)

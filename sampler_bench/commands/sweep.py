@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sampler_bench.commands import console, err_console, tagged, user_errors
 from sampler_bench.commands.progress import CliProgress
+from sampler_bench.errors import BenchError
 from sampler_bench.textfmt import fmt_num
 
 
@@ -20,7 +21,13 @@ def _dry_run(sweep, shard) -> None:
 
     cells = sweep.shard(shard)
     statuses = {c.id: cell_status(sweep.out, c) for c in cells}
-    notes = preflight(sweep, [c for c in cells if statuses[c.id] not in ("ok", "skipped")])
+    try:  # what the real run checks before its first cell; the cells are listed either way
+        notes, refused = preflight(sweep, [c for c in cells if statuses[c.id] not in ("ok", "skipped")]), None
+    except BenchError as exc:  # e.g. a GPU config on a CPU machine: listed, then refused as the real run would
+        from sampler_bench.sweep import model_availability
+
+        notes = [n for n in (model_availability(m) for m in dict.fromkeys(c.cfg.model for c in cells)) if n]
+        refused = exc
     table = Table(box=None, pad_edge=False, header_style="bold", title=f"sweep '{sweep.name}' -> {sweep.out}", title_justify="left")
     multi = len({c.model for c in cells}) > 1
     for col in ("#", "cell") + (("model",) if multi else ()) + ("solver", "NFE", "state"):
@@ -44,6 +51,14 @@ def _dry_run(sweep, shard) -> None:
     console.print(f"estimated cost: {estimated_calls(todo):,} denoiser calls ({len(todo)} cells to run x NFE x samples).")
     for note in notes:
         console.print(tagged("note", "yellow", f": {note}"))
+    from sampler_bench.sweep.config import classifier_availability
+
+    for spec in dict.fromkeys(c.cfg.classifier for c in cells if c.cfg.classifier):
+        note = classifier_availability(spec)
+        if note:
+            console.print(tagged("note", "yellow", f": {note}"))
+    if refused is not None:
+        raise refused
 
 
 def register(app: typer.Typer) -> None:

@@ -54,8 +54,8 @@ class VPTimeMap(ABC):
 
     def dsigma_dt(self, t: torch.Tensor) -> torch.Tensor:
         """d sigma / d t, by autograd through :meth:`sigma` unless a subclass gives a closed form."""
-        t = as_f64(t).detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # also inside the sampling loop's inference mode
+            t = as_f64(t).detach().clone().requires_grad_(True)
             s = self.sigma(t)
             (g,) = torch.autograd.grad(s.sum(), t)
         return g.detach()

@@ -89,6 +89,9 @@ class Checkpoint:
     paper: dict = field(default_factory=dict)
     sha256: str | None = None
     verified: bool = True
+    role: str = "model"  # adm-pt: model or classifier
+    flags: dict = field(default_factory=dict)  # adm-pt: guided-diffusion flags
+    approx_size: str | None = None  # approximate download size, informational (adm-pt; ``size`` is the exact byte count)
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -110,6 +113,8 @@ class Checkpoint:
         for k in ("precond", "config", "fid_ref"):
             need(getattr(self, k) is None or isinstance(getattr(self, k), str), f"'{k}' must be a string or null")
         need(isinstance(self.architecture, str), "'architecture' must be a string")
+        need(self.role in ("model", "classifier"), "'role' must be model or classifier")
+        need(isinstance(self.flags, dict), "'flags' must be a mapping")
         need(isinstance(self.paper, dict), "'paper' must be a mapping")
         need(isinstance(self.verified, bool), "'verified' must be true or false")
         need(self.sha256 is None or (isinstance(self.sha256, str) and bool(_SHA256.fullmatch(self.sha256))),
@@ -167,6 +172,7 @@ def load_registry(directory: Path | None = None, formats: tuple[str, ...] = ("ed
                 raise BenchError(f"checkpoint registry {yml}: entry {str(item['name'])[:80]!r}: 'url' must be a string; fix the entry.")
             item.setdefault("file", Path(urlparse(item["url"]).path).name)
             item["paper"] = item.get("paper") or {}
+            item["flags"] = item.get("flags") or {}
             try:
                 ck = Checkpoint(**item)
             except BenchError as exc:

@@ -30,7 +30,7 @@ class ModelEntry:
     summary: str
     kind: str  # "analytic", "edm", ...
     build: Callable[..., Denoiser]  # build(device=..., **params) -> Denoiser
-    params: dict[str, type] | None = None  # user-settable parameters, name -> type
+    params: dict[str, type] | Callable[[], dict[str, type]] | None = None  # user-settable parameters, name -> type (or a function giving them, called on first use)
     status: Callable[[], str] = lambda: "built in"
 
 
@@ -86,7 +86,7 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     entry = MODELS.get(name)
     if entry is None:
         return name, {}
-    allowed = entry.params or {}
+    allowed = (entry.params() if callable(entry.params) else entry.params) or {}  # a callable: built on first use
 
     def bad_value(k: str, v: str) -> str:
         hint = "C x H x W such as 3x32x32" if k == "shape" else {int: "an integer", float: "a number"}.get(allowed[k], "a value")
@@ -169,3 +169,141 @@ def edm_checkpoint_entry(ck) -> ModelEntry:
 
 
 _register_edm_family()
+
+
+# ---------------------------------------------------------------------------------------------
+# guided-diffusion (ADM) family: `format: adm-pt` entries, the `.pt` suffix, `adm:path=FILE,...`,
+# and classifiers for guidance (`--classifier`).
+# ---------------------------------------------------------------------------------------------
+
+CLASSIFIERS: dict[str, Any] = {}  # registered classifier name -> Checkpoint
+_CLASSIFIER_CACHE: dict[tuple, Any] = {}  # the last classifier loaded from a file (one at a time)
+
+
+def _adm_summary(ck) -> str:
+    cls = f"{ck.classes} classes" if ck.classes else "unconditional"
+    what = "classifier (EncoderUNetModel)" if ck.role == "classifier" else "UNetModel"
+    extra = "".join(f"; {k} {v}" for k, v in ck.paper.items())
+    ref = f"; FID ref {ck.fid_ref}" if ck.fid_ref else ""
+    return f"guided-diffusion {what}, {ck.resolution}x{ck.resolution}, {cls}, {ck.flags.get('noise_schedule', 'linear')} betas{ref}{extra}"
+
+
+def _build_adm_checkpoint(ck, device: torch.device, fp32: bool = False, time_mode: str = "interp") -> Denoiser:
+    from sampler_bench.models.adm import load_adm_denoiser
+    from sampler_bench.models.checkpoints import ensure_checkpoint
+
+    path, digest = ensure_checkpoint(ck)
+    return load_adm_denoiser(path, device, flags=ck.flags, name=ck.name, time_mode=time_mode, force_fp32=fp32,
+                             extra_info={"checkpoint": ck.name, "sha256": digest})
+
+
+def _build_adm_spec(device: torch.device, **params) -> Denoiser:
+    from sampler_bench.models.adm import load_adm_denoiser, split_params
+
+    flags, opts = split_params(params, "adm")
+    path = opts.get("path")
+    if not path:
+        raise BenchError("model 'adm' needs path=FILE (adm:path=model.pt,image_size=128,...).")
+    if not Path(path).is_file():
+        raise BenchError(f"checkpoint file '{path}' does not exist; check the path.")
+    return load_adm_denoiser(path, device, flags=flags or None, time_mode=opts.get("time_mode", "interp"),
+                             force_fp32=opts.get("fp32", False))
+
+
+def _load_adm_pt(path: Path, device: torch.device) -> Denoiser:
+    from sampler_bench.models.adm import load_adm_denoiser
+
+    return load_adm_denoiser(path, device)
+
+
+def _adm_param_types(role: str = "model") -> dict[str, Callable]:
+    from sampler_bench.models.adm import FLAG_TYPES, OPTION_TYPES
+    from sampler_bench.models.nets.adm import CLASSIFIER_DEFAULTS, MODEL_DEFAULTS
+
+    names = MODEL_DEFAULTS if role == "model" else CLASSIFIER_DEFAULTS
+    extra = {"num_heads_upsample"} if role == "model" else {"classifier_num_head_channels"}
+    keys = [k for k in FLAG_TYPES if k in names or k in extra] + [k for k in OPTION_TYPES if role == "model" or k != "fp32"]
+    return {k: str for k in keys}  # typed by adm.split_params (one message per flag)
+
+
+def _register_adm_family() -> None:
+    """guided-diffusion: the ``.pt`` suffix, ``adm:path=FILE,...`` and every ``format: adm-pt`` entry."""
+    from sampler_bench.models.checkpoints import cache_state, load_registry
+
+    LOADERS_BY_SUFFIX[".pt"] = _load_adm_pt
+    register_model(ModelEntry("adm", "a guided-diffusion .pt given with its flags: adm:path=FILE,image_size=128,num_channels=256,... "
+                              "(attention_resolutions=32x16x8), time_mode=interp|nearest, fp32=true",
+                              "adm", _build_adm_spec, _adm_param_types))  # the flag table imports torch: built on use
+    for ck in load_registry(formats=("adm-pt",)).values():
+        if ck.role == "classifier":
+            CLASSIFIERS[ck.name] = ck
+            continue
+        register_model(ModelEntry(name=ck.name, summary=_adm_summary(ck), kind="adm",
+                                  build=lambda device, _ck=ck, **kw: _build_adm_checkpoint(_ck, device, **kw),
+                                  params={"fp32": _bool, "time_mode": str}, status=lambda _ck=ck: cache_state(_ck)))
+
+
+_register_adm_family()
+
+
+def load_classifier(spec: str, device: str | torch.device = "cpu", model: Denoiser | None = None):
+    """A guidance classifier: ``gmm`` (the analytic model's own exact posterior), ``gmm:key=value,...``,
+    a registered classifier name (``bench models``), ``adm-classifier:path=FILE,flags...`` or a ``.pt`` path.
+    ADM classifiers take the time mode of an ADM model unless ``time_mode=`` is given."""
+    from sampler_bench.models.guidance import ExactMixtureClassifier
+
+    device = torch.device(device)
+    name, _, rest = spec.partition(":")
+    model_mode = getattr(model, "time_mode", "interp")
+    if name == "gmm":
+        from sampler_bench.models.analytic import GaussianMixture
+
+        if rest:
+            _, params = parse_model_spec(spec)
+            return ExactMixtureClassifier(_build_gmm(device, **params))
+        if not isinstance(model, GaussianMixture):
+            raise BenchError("--classifier gmm is the analytic mixture's own exact class posterior; use it with --model gmm "
+                             "(or give the mixture, e.g. --classifier gmm:classes=10).")
+        return ExactMixtureClassifier(model)
+    from sampler_bench.models import adm
+
+    if name in CLASSIFIERS or name == "adm-classifier":
+        params = parse_params(rest, _adm_param_types("classifier"), f"classifier '{name}'", lambda k, v: f"{k}={v!r} is not valid.")
+        flags, opts = adm.split_params(params, name)
+        mode = opts.get("time_mode", model_mode)
+        if name == "adm-classifier":
+            path = opts.get("path")
+            if not path or not Path(path).is_file():
+                raise BenchError(f"classifier 'adm-classifier' needs path=FILE of an existing .pt; got {path!r}.")
+            return adm.load_adm_classifier(path, device, flags=flags or None, time_mode=mode)
+        from sampler_bench.models.checkpoints import ensure_checkpoint
+
+        ck = CLASSIFIERS[name]
+        path, digest = ensure_checkpoint(ck)
+        return adm.load_adm_classifier(path, device, flags={**ck.flags, **flags}, name=ck.name, time_mode=mode,
+                                       extra_info={"checkpoint": ck.name, "sha256": digest})
+    path = Path(spec)
+    if path.suffix.lower() == ".pt":
+        if not path.is_file():
+            raise BenchError(f"classifier file '{spec}' does not exist; check the path.")
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device), model_mode)
+        if key not in _CLASSIFIER_CACHE:  # sweeps wrap every cell's model: load the file once
+            _CLASSIFIER_CACHE.clear()
+            _CLASSIFIER_CACHE[key] = adm.load_adm_classifier(path, device, time_mode=model_mode)
+        return _CLASSIFIER_CACHE[key]
+    close = difflib.get_close_matches(name, list(CLASSIFIERS) + ["gmm"], n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BenchError(f"unknown classifier '{spec}'; {hint}use gmm, a classifier name from `bench models`, or a .pt path.")
+
+
+def apply_guidance(model: Denoiser, classifier: str | None, scale, device) -> Denoiser:
+    """``model`` wrapped with classifier guidance (``--classifier``/``--guidance-scale``), or as is."""
+    from sampler_bench.models.guidance import GuidedDenoiser, check_scale
+
+    if classifier is None:
+        if scale is not None:
+            raise BenchError("--guidance-scale needs a classifier; give --classifier NAME|PATH (e.g. gmm for the analytic model).")
+        return model
+    s = check_scale(1.0 if scale is None else scale)
+    return GuidedDenoiser(model, load_classifier(classifier, device, model), s)

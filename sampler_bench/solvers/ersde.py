@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from sampler_bench.lazy import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, register

@@ -17,7 +17,7 @@ TOP_KEYS = {
     "name": "sweep name (default: the file name)",
     "description": "free text",
     "out": "output directory (default: results/<name>)",
-    "models": "list of model names, or mappings {model, label, class_label, fid, batch}",
+    "models": "list of model names, or mappings {model, label, class_label, fid, batch, classifier, guidance_scale}",
     "solvers": "list of solver names, or mappings {name, preset, label, opts, nfe, schedule, final_step, models}",
     "nfe": "list of NFE values",
     "seeds": "seed ranges such as 0-63 or a list of ints",
@@ -25,6 +25,8 @@ TOP_KEYS = {
     "batch": "batch size",
     "schedule": "step schedule NAME[:k=v,...], a list of them, or null for each solver's default",
     "class_label": "null, 'random' or a class index",
+    "classifier": "classifier guidance for every model: a classifier name, a .pt path or gmm (null: none)",
+    "guidance_scale": "classifier guidance scale >= 0, or a list of scales (a sweep axis)",
     "device": "auto, cpu or cuda",
     "threads": "CPU threads per run (default: OMP_NUM_THREADS, else 1 on CPU)",
     "metrics": "mapping {fid, names, inception_weights}",
@@ -33,7 +35,7 @@ TOP_KEYS = {
     "gates": "list of quality gates {metric, max|min|max_vs_baseline|min_vs_baseline|max_vs_floor, noise, where} (bench check)",
     "allow_large_nfe": "true to allow NFE above 10,000",
 }
-MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
+MODEL_KEYS = ("model", "label", "class_label", "fid", "batch", "classifier", "guidance_scale")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
 METRIC_KEYS = ("fid", "names", "inception_weights")
 INVALID_NFE = ("skip", "error")
@@ -300,7 +302,63 @@ def _model_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
         out["fid"] = _opt_str(ctx, f"{key}.fid", entry["fid"], "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
     if "batch" in entry:
         out["batch"] = _int(ctx, f"{key}.batch", entry["batch"])
+    if "classifier" in entry:
+        out["classifier"] = _opt_str(ctx, f"{key}.classifier", entry["classifier"], "a classifier name, a .pt path or gmm")
+    if "guidance_scale" in entry:
+        out["guidance_scale"] = _scales(ctx, f"{key}.guidance_scale", entry["guidance_scale"])
     return out
+
+
+def _scales(ctx: _Ctx, key: str, v: Any) -> list[float] | None:
+    """A guidance scale or a list of them (each one a variant of the model: a sweep axis)."""
+    from sampler_bench.models.guidance import check_scale
+
+    if v is None:
+        return None
+    vals = v if isinstance(v, list) else [v]
+    if not vals:
+        raise ctx.err(key, "is an empty list; give a scale >= 0 or a list of them.")
+    out = []
+    for i, x in enumerate(vals):
+        k = f"{key}[{i}]" if isinstance(v, list) else key
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ctx.err(k, f"{x!r} is not valid; use a number >= 0.")
+        try:
+            out.append(check_scale(x))
+        except BenchError as exc:
+            raise ctx.err(k, str(exc)) from None
+    if len(set(out)) != len(out):
+        raise ctx.err(key, f"{v!r} repeats a scale; list each once.")
+    return out
+
+
+def _guided_variants(ctx: _Ctx, key: str, m: dict[str, Any], classifier: str | None, scales: list[float] | None) -> list[dict[str, Any]]:
+    """One model entry per guidance scale; the label gets ' g=SCALE' when there are several."""
+    classifier = m.get("classifier", classifier)
+    scales = m["guidance_scale"] if "guidance_scale" in m else scales
+    if classifier is None:
+        if scales is not None and "guidance_scale" in m:
+            raise ctx.err(f"{key}.guidance_scale", "needs a classifier; add classifier: NAME|PATH|gmm.")
+        return [dict(m, classifier=None, guidance_scale=None)]
+    if not scales:
+        return [dict(m, classifier=classifier, guidance_scale=None)]
+    return [dict(m, classifier=classifier, guidance_scale=s, label=m["label"] + (f" g={_fmt_value(s)}" if len(scales) > 1 else ""))
+            for s in scales]
+
+
+def classifier_availability(spec: str) -> str | None:
+    """None for gmm or an existing file; else a note on the registered classifier's download state."""
+    from sampler_bench.models.registry import CLASSIFIERS
+
+    name = spec.partition(":")[0]
+    if name in CLASSIFIERS:
+        from sampler_bench.models.checkpoints import cache_state
+
+        state = cache_state(CLASSIFIERS[name])
+        return None if state.startswith("cached") else f"classifier '{spec}': registered, state: {state}"
+    if name in ("gmm", "adm-classifier") or Path(spec).is_file():
+        return None
+    return f"classifier '{spec}' is not registered and is not a file; a real run fails its cells until it is (see `bench models`)"
 
 
 def _opt_str(ctx: _Ctx, key: str, v: Any, what: str) -> str | None:
@@ -353,7 +411,12 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     for req in ("models", "solvers"):
         if not isinstance(raw.get(req), list) or not raw[req]:
             raise ctx.err(req, f"missing or empty; give a list ({TOP_KEYS[req]}).")
-    models = [_model_entry(ctx, f"models[{i}]", m) for i, m in enumerate(raw["models"])]
+    top_classifier = _opt_str(ctx, "classifier", raw.get("classifier"), "a classifier name, a .pt path or gmm")
+    top_scales = _scales(ctx, "guidance_scale", raw.get("guidance_scale"))
+    if top_scales is not None and top_classifier is None and not any("classifier" in m for m in raw["models"] if isinstance(m, dict)):
+        raise ctx.err("guidance_scale", "needs a classifier; add classifier: NAME|PATH|gmm.")
+    models = [v for i, m in enumerate(raw["models"])
+              for v in _guided_variants(ctx, f"models[{i}]", _model_entry(ctx, f"models[{i}]", m), top_classifier, top_scales)]
     solvers = [_solver_entry(ctx, f"solvers[{i}]", s) for i, s in enumerate(raw["solvers"])]
     labels = [m["label"] for m in models]
     for i, s in enumerate(solvers):
@@ -474,7 +537,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                         class_label=m.get("class_label", class_label), device=device,
                                         fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
                                         final_step=s["final_step"], noise=s["noise"], preset=s["preset"],
-                                        allow_large_nfe=allow_large, threads=threads)
+                                        allow_large_nfe=allow_large, threads=threads,
+                                        classifier=m["classifier"], guidance_scale=m["guidance_scale"])
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts), s["final_step"])

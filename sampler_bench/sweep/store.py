@@ -72,6 +72,7 @@ def _ok_record(sweep: Sweep, cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         "status": "ok", "reason": None, "schedule": res.get("schedule", cell.cfg.schedule),
         "options_resolved": res.get("options"), "schedule_resolved": res.get("schedule"), "steps": res.get("steps"),
         "stochastic": res.get("stochastic"), "nfe_counted": rec.get("nfe_counted"),
+        **({"classifier_calls": rec["classifier_calls"]} if "classifier_calls" in rec else {}),
         "wall_time_s": rec.get("wall_time_s"), "images_per_s": rec.get("images_per_s"), "device": rec.get("device"),
         "metrics": rec.get("metrics") or {}, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
