@@ -67,14 +67,19 @@ class RunConfig:
     opts: dict[str, Any] = field(default_factory=dict)
     class_label: str | None = None  # None (model default), "random", or an int as text
     device: str = "auto"
-    fid_ref: str | None = None
+    fid_ref: str | None = None  # reference statistics, one per feature space, comma-separated
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
+    feature_weights: dict[str, str] = field(default_factory=dict)  # feature space -> weights file (DINOv2, CLIP)
+    metric_opts: dict[str, Any] = field(default_factory=dict)  # spread of feature metrics: subsets, protocol, bootstrap
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
         d = asdict(self)
         d.pop("inception_weights", None)  # where the weights come from does not change the run
+        d.pop("feature_weights", None)
+        if not d.get("metric_opts"):
+            d.pop("metric_opts", None)  # defaults: identical to runs made before the option existed
         d.pop("batch", None)  # per-sample seeds: the batch size does not change the samples
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         return d

@@ -36,12 +36,17 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         save_images: bool = typer.Option(False, "--save-images", help="Also write one PNG per sample under images/."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-        fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
+        fid: Optional[str] = typer.Option(None, "--fid", help="Reference statistics, one per feature space, comma-separated: a known name (`bench refs`) or an .npz from `bench stats [--features ...]`; the Frechet distance of each is computed on the fly."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: fid, kid, isc, prc, fd-dinov2, fd-clip (need --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
+        feature_weights: List[str] = typer.Option([], "--feature-weights", help="SPACE=PATH weights of another feature extractor (e.g. dinov2-vit-l-14=dinov2_vitl14_pretrain.pth); repeatable."),
+        fid_subsets: int = typer.Option(3, "--fid-subsets", help="Spread of FID / FD: K disjoint seed subsets (mean +- standard error); 1 = one set, no spread."),
+        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol)."),
+        fid_bootstrap: int = typer.Option(0, "--fid-bootstrap", help="Also a bootstrap over images with B resamples (0 = off; keeps every feature row)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""
-        from sampler_bench.metrics import parse_metrics
+        from sampler_bench.metrics import parse_feature_weights, parse_metrics
+        from sampler_bench.metrics.uncertainty import SpreadOptions
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
         from sampler_bench.solvers import split_opt_args
 
@@ -52,7 +57,9 @@ def register(app: typer.Typer) -> None:
         seed_list = parse_seeds(seeds) if seeds is not None else list(range(num if num is not None else 64))
         cfg = RunConfig(model=model, solver=solver, nfe=nfe, seeds=seed_list, batch=batch, schedule=schedule,
                         opts=split_opt_args(opt), class_label=class_label, device=device, fid_ref=fid,
-                        inception_weights=inception_weights, metrics=parse_metrics(metrics))
+                        inception_weights=inception_weights, metrics=parse_metrics(metrics),
+                        feature_weights=parse_feature_weights(feature_weights),
+                        metric_opts=SpreadOptions.from_dict({"subsets": fid_subsets, "protocol": fid_protocol, "bootstrap": fid_bootstrap}).as_dict())
         bar = progress_bar()
         task = bar.add_task(f"{solver} NFE={nfe}", total=len(seed_list), start=False)
         started = []  # stop (and so print) the bar only once it started: an early error stays one line

@@ -24,13 +24,13 @@ TOP_KEYS = {
     "schedule": "step schedule NAME[:k=v,...], a list of them, or null for each solver's default",
     "class_label": "null, 'random' or a class index",
     "device": "auto, cpu or cuda",
-    "metrics": "mapping {fid, names, inception_weights}",
+    "metrics": "mapping {fid, names, inception_weights, feature_weights, subsets, protocol, bootstrap}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule")
-METRIC_KEYS = ("fid", "names", "inception_weights")
+METRIC_KEYS = ("fid", "names", "inception_weights", "feature_weights", "subsets", "protocol", "bootstrap")
 INVALID_NFE = ("skip", "error")
 
 
@@ -268,6 +268,28 @@ def _opt_str(ctx: _Ctx, key: str, v: Any, what: str) -> str | None:
     return v
 
 
+def _metric_options(ctx, metrics: dict) -> tuple[dict, dict]:
+    """``metrics: {subsets, protocol, bootstrap, feature_weights}`` -> (RunConfig.metric_opts, RunConfig.feature_weights)."""
+    from sampler_bench.errors import BenchError as _BE
+
+    raw = {k: metrics[k] for k in ("subsets", "protocol", "bootstrap") if k in metrics}
+    for k in ("subsets", "bootstrap"):
+        if k in raw and (isinstance(raw[k], bool) or not isinstance(raw[k], int)):
+            raise ctx.err(f"metrics.{k}", f"{raw[k]!r} is not valid; use an integer.")
+    try:
+        from sampler_bench.metrics import parse_feature_weights
+        from sampler_bench.metrics.uncertainty import SpreadOptions
+
+        opts = SpreadOptions.from_dict(raw).as_dict()
+        fw = metrics.get("feature_weights") or {}
+        if not isinstance(fw, dict):
+            raise _BE(f"{fw!r} is not valid; use a mapping {{SPACE: PATH}}.")
+        weights = parse_feature_weights(fw)
+    except _BE as exc:
+        raise ctx.err("metrics", str(exc).rstrip(".") + ".") from None
+    return opts, weights
+
+
 def _known_metrics() -> list[str] | None:
     """The metric names the metrics layer accepts (``bench sample --metrics``), when it publishes them."""
     try:
@@ -341,7 +363,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     for k in metrics:
         if k not in METRIC_KEYS:
             raise ctx.err(f"metrics.{k}", f"unknown key; allowed keys: {', '.join(METRIC_KEYS)}.")
-    fid = _opt_str(ctx, "metrics.fid", metrics.get("fid"), "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
+    fid_raw = metrics.get("fid")
+    if isinstance(fid_raw, list) and all(isinstance(f, str) and f.strip() for f in fid_raw):
+        fid_raw = ",".join(f.strip() for f in fid_raw)  # one reference per feature space
+    fid = _opt_str(ctx, "metrics.fid", fid_raw, "a reference statistics name (e.g. cifar10-32x32), a .npz path, or a list of them (one per feature space)")
+    metric_opts, feature_weights = _metric_options(ctx, metrics)
     extra = metrics.get("names") or []
     if isinstance(extra, str):
         extra = [e.strip() for e in extra.split(",") if e.strip()]
@@ -394,7 +420,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                         cfg = RunConfig(model=m["model"], solver=s["name"], nfe=nfe, seeds=list(seeds),
                                         batch=m.get("batch", batch), schedule=sched, opts=dict(opts),
                                         class_label=m.get("class_label", class_label), device=device,
-                                        fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights)
+                                        fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
+                                        metric_opts=dict(metric_opts), feature_weights=dict(feature_weights))
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts))

@@ -1,0 +1,149 @@
+"""The spread of every feature metric: disjoint seed subsets, a bootstrap over images, binomial errors.
+
+- **Seed subsets** (default): the N images of a run, in seed order, are cut into K contiguous blocks
+  of (nearly) equal size, i.e. K disjoint seed sets, as EDM's "three 50k FIDs over three seed sets".
+  A Frechet distance is computed on each block; ``NAME`` is their mean (``--fid-protocol mean``, our
+  default) or their minimum (``min``, the protocol the EDM paper reports), ``NAME_se`` is the
+  standard error of the mean, ``std(ddof=1) / sqrt(K)``. ``NAME_pooled`` is the distance of all N
+  images at once (what torch-fidelity and most papers compute from one set). Each block has N/K
+  images, so the block distances carry the ~1/n upward bias of FID at N/K, not N: to compare with a
+  paper's 50k FID, sample K x 50k images. Under the usual 1/N variance scaling ``NAME_se`` also
+  estimates the standard error of ``NAME_pooled``.
+- **Bootstrap** (``--fid-bootstrap B``): B resamples of the N feature rows with replacement;
+  ``NAME_boot_se`` is the std of the B distances and ``NAME_boot_lo``/``_hi`` their 2.5/97.5
+  percentiles. Resampling duplicates rows (less diversity), so the bootstrap distances sit above
+  ``NAME_pooled``: use the interval's width, not its location. It needs every feature row.
+- **Precision / recall** are fractions of n binary decisions (Kynkaenniemi et al. 2019);
+  ``precision_se`` is the binomial ``sqrt(p (1 - p) / n)``, i.e. the sampling error of the fraction
+  given the estimated k-NN manifolds (it does not include the manifolds' own variance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sampler_bench.errors import BenchError
+from sampler_bench.metrics.stats import FeatureStats, frechet_distance
+
+PROTOCOLS = {"mean": "mean of the K subset distances (default)", "min": "minimum of the K subset distances (EDM's reported protocol)"}
+DEFAULT_SUBSETS = 3
+BOOTSTRAP_SEED = 20260101
+
+
+@dataclass(frozen=True)
+class SpreadOptions:
+    subsets: int = DEFAULT_SUBSETS
+    protocol: str = "mean"
+    bootstrap: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SpreadOptions":
+        d = dict(d or {})
+        unknown = set(d) - {"subsets", "protocol", "bootstrap"}
+        if unknown:
+            raise BenchError(f"unknown metric option(s) {', '.join(sorted(unknown))}; use subsets, protocol, bootstrap.")
+        opts = cls(int(d.get("subsets", DEFAULT_SUBSETS)), str(d.get("protocol", "mean")), int(d.get("bootstrap", 0)))
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        if self.subsets < 1:
+            raise BenchError(f"--fid-subsets must be a positive integer; got {self.subsets}.")
+        if self.protocol not in PROTOCOLS:
+            raise BenchError(f"--fid-protocol '{self.protocol}' is unknown; use {' or '.join(PROTOCOLS)}.")
+        if self.bootstrap < 0:
+            raise BenchError(f"--fid-bootstrap must be 0 (off) or a number of resamples; got {self.bootstrap}.")
+
+    def as_dict(self) -> dict:
+        """Only the non-default settings (what a run's identity records)."""
+        out = {}
+        if self.subsets != DEFAULT_SUBSETS:
+            out["subsets"] = self.subsets
+        if self.protocol != "mean":
+            out["protocol"] = self.protocol
+        if self.bootstrap:
+            out["bootstrap"] = self.bootstrap
+        return out
+
+
+def effective_subsets(k: int, total: int) -> int:
+    """K, reduced so that every block has at least 2 images (1: no subsets)."""
+    return max(1, min(int(k), int(total) // 2))
+
+
+class SubsetStats:
+    """Streaming statistics of all rows and of K contiguous blocks of a known total (seed order)."""
+
+    def __init__(self, dim: int, total: int, k: int):
+        self.total = int(total)
+        self.k = effective_subsets(k, total)
+        self.pooled = FeatureStats(dim)
+        self.parts = [FeatureStats(dim) for _ in range(self.k)] if self.k > 1 else []
+        self.seen = 0
+
+    def update(self, f: np.ndarray) -> None:
+        f = np.asarray(f)
+        self.pooled.update(f)
+        if self.parts:
+            idx = np.arange(self.seen, self.seen + len(f))
+            block = np.minimum(idx * self.k // max(self.total, 1), self.k - 1)
+            for j in np.unique(block):
+                self.parts[j].update(f[block == j])
+        self.seen += len(f)
+
+
+def _fd(stats: FeatureStats, mu, sigma) -> float:
+    return frechet_distance(stats.mean(), stats.cov(), mu, sigma)
+
+
+def bootstrap_fd(features: np.ndarray, mu, sigma, b: int, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """B Frechet distances of resamples (with replacement) of the rows of ``features``."""
+    X = np.asarray(features, np.float64)
+    n = len(X)
+    rng = np.random.default_rng(seed)
+    out = np.empty(b)
+    for i in range(b):
+        c = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+        m = c @ X / n
+        S = ((X * c[:, None]).T @ X - n * np.outer(m, m)) / (n - 1)
+        out[i] = frechet_distance(m, (S + S.T) / 2, mu, sigma)
+    return out
+
+
+def fd_with_spread(prefix: str, st: SubsetStats, mu, sigma, opts: SpreadOptions, features: np.ndarray | None = None) -> dict[str, Any]:
+    """``prefix`` (per the protocol), ``prefix_se``, ``prefix_pooled``, per-subset values, bootstrap."""
+    out: dict[str, Any] = {}
+    pooled = _fd(st.pooled, mu, sigma)
+    if st.parts:
+        vals = np.array([_fd(p, mu, sigma) for p in st.parts])
+        mean, se = float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(len(vals)))
+        out[prefix] = mean if opts.protocol == "mean" else float(vals.min())
+        out.update({f"{prefix}_se": se, f"{prefix}_pooled": pooled, f"{prefix}_mean": mean, f"{prefix}_min": float(vals.min()),
+                    f"{prefix}_subset_values": [float(v) for v in vals], f"{prefix}_subset_sizes": [p.count for p in st.parts]})
+    else:
+        out[prefix] = pooled
+        out[f"{prefix}_pooled"] = pooled
+    out[f"{prefix}_k"] = max(1, len(st.parts))
+    out[f"{prefix}_protocol"] = opts.protocol if st.parts else "pooled"
+    if opts.bootstrap and features is not None:
+        boot = bootstrap_fd(features, mu, sigma, opts.bootstrap)
+        out.update({f"{prefix}_boot_se": float(boot.std(ddof=1)) if len(boot) > 1 else 0.0,
+                    f"{prefix}_boot_lo": float(np.percentile(boot, 2.5)), f"{prefix}_boot_hi": float(np.percentile(boot, 97.5)),
+                    f"{prefix}_bootstrap": int(opts.bootstrap)})
+    return out
+
+
+def binomial_se(p: float, n: int) -> float:
+    return float(np.sqrt(max(p * (1.0 - p), 0.0) / n)) if n > 0 else float("nan")
+
+
+def f_score_se(p: float, r: float, se_p: float, se_r: float) -> float:
+    """Delta-method standard error of ``2 p r / (p + r)`` (p, r treated as independent)."""
+    s = p + r
+    if s <= 0:
+        return 0.0
+    dp, dr = 2 * r * r / (s * s), 2 * p * p / (s * s)
+    return float(np.hypot(dp * se_p, dr * se_r))
