@@ -135,7 +135,11 @@ def random_clip_weights(torchscript: bool = True) -> Path:
     atexit.register(shutil.rmtree, tmp, True)
     path = tmp / ("clip_random.pt" if torchscript else "clip_random.pth")
     if torchscript:
-        torch.jit.save(torch.jit.trace(holder, torch.zeros(1)), str(path))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated in torch 2.13
+            torch.jit.save(torch.jit.trace(holder, torch.zeros(1)), str(path))
     else:
         torch.save(holder.state_dict(), path)
     return path

@@ -128,7 +128,9 @@ def _state_dict(path: Path, space: Space, *, jit_ok: bool) -> dict:
         err = exc
     if jit_ok:
         try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch 2.13 deprecates torch.jit
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         except Exception as exc:
             err = exc
     reason = f" ({type(err).__name__}: {' '.join(str(err).split())[:100]})" if err else ""
