@@ -38,6 +38,7 @@ METRIC_NAMES = {
     "fd-clip": "Frechet distance in CLIP feature space (needs a CLIP reference: `bench stats --features clip`)",
     "pixel-fd": "exact: Frechet distance to the data distribution in pixel space (analytic models; default)",
     "ode-error": "exact: RMS error against the exact PF-ODE solution (analytic models, deterministic solvers; default)",
+    "modes": "exact: mode precision (inside the 99.9% ellipsoid of its component) and mode TV (component masses) (analytic models)",
     "none": "no exact metrics",
 }
 
@@ -119,4 +120,10 @@ def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
         want_fd = "pixel-fd" in exact or not exact
         want_ode = ("ode-error" in exact or not exact) and not stochastic
         consumers.append(ExactMetricsConsumer(model, sigmas, fixed_label=fixed_label_of(cfg), want_fd=want_fd, want_ode=want_ode))
+    if "modes" in metrics:
+        if not hasattr(model, "_component_terms"):
+            raise BenchError(f"--metrics modes needs an analytic mixture model (gmm, gaussian); model '{cfg.model}' has no exact components.")
+        from sampler_bench.metrics.modes import ModeConsumer
+
+        consumers.append(ModeConsumer(model, fixed_label=fixed_label_of(cfg)))
     return consumers
