@@ -110,6 +110,13 @@ def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
         consumers.append(FeatureMetricsConsumer(built, len(cfg.seeds), spread))
     from sampler_bench.metrics.exact import ExactMetricsConsumer, fixed_label_of, is_analytic
 
+    if "modes" in metrics:
+        if not hasattr(model, "_component_terms"):
+            raise BenchError(f"--metrics modes needs an analytic mixture model (gmm, gaussian); model '{cfg.model}' has no exact components.")
+        from sampler_bench.metrics.modes import ModeConsumer
+
+        consumers.append(ModeConsumer(model, fixed_label=fixed_label_of(cfg)))
+
     exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
     if exact and not is_analytic(model):
         raise BenchError(f"--metrics {','.join(exact)} needs an analytic model (gmm, gaussian); model '{cfg.model}' has no exact data distribution.")
@@ -120,10 +127,4 @@ def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
         want_fd = "pixel-fd" in exact or not exact
         want_ode = ("ode-error" in exact or not exact) and not stochastic
         consumers.append(ExactMetricsConsumer(model, sigmas, fixed_label=fixed_label_of(cfg), want_fd=want_fd, want_ode=want_ode))
-    if "modes" in metrics:
-        if not hasattr(model, "_component_terms"):
-            raise BenchError(f"--metrics modes needs an analytic mixture model (gmm, gaussian); model '{cfg.model}' has no exact components.")
-        from sampler_bench.metrics.modes import ModeConsumer
-
-        consumers.append(ModeConsumer(model, fixed_label=fixed_label_of(cfg)))
     return consumers
