@@ -115,6 +115,30 @@ def test_streaming_equals_one_shot_and_subsets_are_the_seed_blocks(pair):
     assert m["fid"] == pytest.approx(min(direct)) and m["fid_protocol"] == "min" and m["fid_mean"] == pytest.approx(np.mean(direct))
 
 
+def test_processes_merged_equal_one_process(pair):
+    """torchrun: each process feeds the batches it sampled (with their run positions); merging every
+    process's state gives the one-process result (subset blocks, kept rows and logits in run order)."""
+    import pickle
+
+    ext, fake, ref = pair
+    spread = SpreadOptions(subsets=3, bootstrap=4)
+    metrics = ["kid", "isc", "prc"]
+    one = _accumulate(ext, fake, metrics, 16, spread).result(ref)
+    ranks = [FeatureAccumulator(ext, metrics, total=len(fake), spread=spread) for _ in range(2)]
+    for i, start in enumerate(range(0, len(fake), 16)):  # batches dealt round-robin, as EDM splits seeds
+        ranks[i % 2].update(fake[start: start + 16], start)
+    states = [pickle.loads(pickle.dumps(r.state())) for r in ranks]  # what all_gather_object carries
+    for r in ranks:
+        r.merge(states)
+    for r in ranks:
+        m = r.result(ref)
+        for k, v in one.items():
+            if isinstance(v, float) or (isinstance(v, list) and isinstance(v[0], float)):
+                assert m[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k  # float64 summation order
+            else:
+                assert m[k] == v, k
+
+
 def _pixel_spreads(model, n, k, boots, seed):
     """Subset SE and bootstrap SE of the pixel-space Frechet distance of n exact samples (shifted)."""
     x, _ = model.sample_data(n, generator=torch.Generator().manual_seed(seed))

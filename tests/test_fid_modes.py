@@ -37,6 +37,18 @@ def test_exact_samples_score_the_target_and_the_floor(model):
     assert mc["mode_components"] == 2 and mc["mode_precision"] >= 0.99 and abs(mc["mode_tv"] - mc["mode_tv_floor"]) < 4 * mc["mode_tv_std"]
 
 
+def test_mode_counts_merge_across_processes(model):
+    x, _ = model.sample_data(300, generator=torch.Generator().manual_seed(11))
+    one = _feed(model, x)
+    parts = [ModeConsumer(model, fixed_label=None) for _ in range(3)]
+    for i, c in enumerate(parts):
+        xb = x[i::3]
+        c.update(SampleBatch(list(range(len(xb))), None, torch.zeros_like(xb), xb, torch.zeros(len(xb), 8, 8, 3, dtype=torch.uint8)))
+    states = [c.state() for c in parts]
+    parts[0].merge(states)
+    assert parts[0].result() == one
+
+
 def test_off_manifold_noise_lowers_precision_and_dropped_modes_raise_tv(model):
     x, _ = model.sample_data(1000, generator=torch.Generator().manual_seed(7))
     noisy = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)  # doubles the 0.02^2 iso variance

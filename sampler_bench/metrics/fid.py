@@ -70,23 +70,40 @@ class FeatureAccumulator:
         self.stats = self.subsets.pooled
         self.keep = any(m in NEEDS_REF_FEATURES for m in self.metrics) or self.spread.bootstrap > 0 or keep_float32
         self.keep_dtype = np.float32 if keep_float32 else np.float16
-        self.rows: list[np.ndarray] = []
-        self.logits: list[torch.Tensor] = []
+        self.rows: list[tuple[int, np.ndarray]] = []  # (run position of the first row, rows)
+        self.logit_rows: list[tuple[int, torch.Tensor]] = []
 
-    def update(self, images_nhwc) -> None:
+    def update(self, images_nhwc, start: int | None = None) -> None:
+        """Add a batch; ``start`` is its first image's position in the run (seed order; default: next)."""
+        start = self.subsets.seen if start is None else int(start)
         f, lg = self.extractor.features(images_nhwc)
         f = f.numpy() if isinstance(f, torch.Tensor) else np.asarray(f)
-        self.subsets.update(f)
+        self.subsets.update(f, start)
         if self.keep:
-            self.rows.append(f.astype(self.keep_dtype))
+            self.rows.append((start, f.astype(self.keep_dtype)))
         if "isc" in self.metrics:
-            self.logits.append(lg)
+            self.logit_rows.append((start, lg))
+
+    @property
+    def logits(self) -> list[torch.Tensor]:
+        return [lg for _, lg in sorted(self.logit_rows, key=lambda t: t[0])]
 
     def all_features(self) -> np.ndarray:
-        """Every kept feature row as float32 (what KID / precision-recall / the bootstrap see)."""
+        """Every kept feature row as float32, in run order (what KID / precision-recall / the bootstrap see)."""
         if not self.keep:
             raise RuntimeError("features were not kept")
-        return np.concatenate(self.rows).astype(np.float32) if self.rows else np.zeros((0, self.dim), np.float32)
+        rows = [r for _, r in sorted(self.rows, key=lambda t: t[0])]
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+
+    def state(self) -> dict:
+        """Picklable sums and kept rows (torchrun: every process's state is merged in :meth:`merge`)."""
+        return {"subsets": self.subsets.state(), "rows": self.rows, "logits": self.logit_rows}
+
+    def merge(self, states: list[dict]) -> None:
+        self.subsets.merge([s["subsets"] for s in states])
+        self.stats = self.subsets.pooled
+        self.rows = sorted((r for s in states for r in s["rows"]), key=lambda t: t[0])
+        self.logit_rows = sorted((r for s in states for r in s["logits"]), key=lambda t: t[0])
 
     def result(self, ref: RefStats) -> dict[str, Any]:
         n = self.stats.count
@@ -215,7 +232,16 @@ class FeatureMetricsConsumer:
         if imgs.shape[-1] == 1:
             imgs = imgs.expand(*imgs.shape[:-1], 3)
         for _, acc in self.items:
-            acc.update(imgs)
+            acc.update(imgs, getattr(batch, "start", None))
+
+    def state(self) -> list[dict]:
+        return [acc.state() for _, acc in self.items]
+
+    def merge(self, states: list[list[dict]]) -> None:
+        """Combine every process's features (torchrun, see :class:`sampler_bench.metrics.BatchConsumer`);
+        kept rows are put back in run order, so KID subsets and IS splits are those of one process."""
+        for i, (_, acc) in enumerate(self.items):
+            acc.merge([s[i] for s in states])
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

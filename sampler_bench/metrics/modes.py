@@ -73,6 +73,15 @@ class ModeConsumer:
         self.inside += int((maha.cpu().gather(1, kmap.unsqueeze(1)).squeeze(1) <= self.threshold).sum())
         self.n += len(x)
 
+    def state(self) -> dict:
+        return {"counts": self.counts, "inside": self.inside, "n": self.n}
+
+    def merge(self, states: list[dict]) -> None:
+        """Combine every process's counts (torchrun)."""
+        self.counts = torch.stack([s["counts"] for s in states]).sum(0)
+        self.inside = int(sum(s["inside"] for s in states))
+        self.n = int(sum(s["n"] for s in states))
+
     def result(self) -> dict[str, Any]:
         if not self.n:
             return {}

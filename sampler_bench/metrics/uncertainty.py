@@ -84,15 +84,48 @@ class SubsetStats:
         self.parts = [FeatureStats(dim) for _ in range(self.k)] if self.k > 1 else []
         self.seen = 0
 
-    def update(self, f: np.ndarray) -> None:
+    def update(self, f: np.ndarray, start: int | None = None) -> None:
+        """Add rows; ``start`` is the run position (seed order) of the first one (default: after the last)."""
         f = np.asarray(f)
+        start = self.seen if start is None else int(start)
         self.pooled.update(f)
         if self.parts:
-            idx = np.arange(self.seen, self.seen + len(f))
+            idx = np.arange(start, start + len(f))
             block = np.minimum(idx * self.k // max(self.total, 1), self.k - 1)
             for j in np.unique(block):
                 self.parts[j].update(f[block == j])
-        self.seen += len(f)
+        self.seen = start + len(f)
+
+    def state(self) -> dict:
+        return {"pooled": stats_state(self.pooled), "parts": [stats_state(p) for p in self.parts]}
+
+    def merge(self, states: list[dict]) -> None:
+        """Combine the statistics of several processes that each saw some of the run's images (torchrun)."""
+        self.pooled = combine_stats([s["pooled"] for s in states])
+        self.parts = [combine_stats([s["parts"][j] for s in states]) for j in range(len(self.parts))]
+
+
+def stats_state(st: FeatureStats) -> dict:
+    """The sums of a :class:`FeatureStats` (picklable, d x d at most: no images)."""
+    return {"dim": st.dim, "count": st.count, "sum": st._sum, "rows": st._rows, "outer": st._outer}
+
+
+def combine_stats(states: list[dict]) -> FeatureStats:
+    """One :class:`FeatureStats` over the rows of several (equal up to float64 summation order)."""
+    out = FeatureStats(states[0]["dim"])
+    out.count = int(sum(s["count"] for s in states))
+    out._sum = np.sum([s["sum"] for s in states], axis=0)
+    if all(s["rows"] is not None for s in states) and out.count <= out.dim:
+        out._rows = [r for s in states for r in s["rows"]]
+        return out
+    out._rows, out._outer = None, np.zeros((out.dim, out.dim))
+    for s in states:
+        if s["rows"] is not None:
+            X = np.concatenate(s["rows"]) if s["rows"] else np.zeros((0, out.dim))
+            out._outer += X.T @ X
+        else:
+            out._outer += s["outer"]
+    return out
 
 
 def _fd(stats: FeatureStats, mu, sigma) -> float:
