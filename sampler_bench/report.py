@@ -30,7 +30,7 @@ from sampler_bench.sweep.config import _slug
 from sampler_bench.sweep.store import load_records, metric_names, write_results
 
 RECORD_NUMBERS = ("wall_time_s", "images_per_s")
-HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "images_per_s")
+HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "f_score", "mode_precision", "images_per_s")
 PAPER_PHIS = ["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"]
 
 

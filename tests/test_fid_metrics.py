@@ -92,7 +92,8 @@ def test_each_metric_equals_torch_fidelity_on_the_same_features(pair):
     assert m["isc"] == pytest.approx(isc["inception_score_mean"], rel=1e-6) and m["isc_std"] == pytest.approx(isc["inception_score_std"], rel=1e-6)
     p, r = calculate_precision_recall_full(f1, f2, neighborhood=3)
     assert (m["precision"], m["recall"]) == pytest.approx((p, r), abs=1e-6) and 0 < p < 1 and 0 < r < 1
-    assert m["precision_se"] == pytest.approx(np.sqrt(p * (1 - p) / 240)) and m["recall_se"] == pytest.approx(np.sqrt(r * (1 - r) / 300))
+    q1, q2 = (p * 240 + 2) / 244, (r * 300 + 2) / 304  # Agresti-Coull binomial standard errors
+    assert m["precision_se"] == pytest.approx(np.sqrt(q1 * (1 - q1) / 244)) and m["recall_se"] == pytest.approx(np.sqrt(q2 * (1 - q2) / 304))
     # float16 storage of the kept rows changes KID by far less than its own spread
     kid32 = kid_features_to_metric(torch.from_numpy(full).float(), f2, kid_subsets=100, kid_subset_size=240, verbose=False)
     assert abs(m["kid"] - kid32["kernel_inception_distance_mean"]) < 0.01 * m["kid_std"] + 1e-6
@@ -158,6 +159,13 @@ def test_subset_and_bootstrap_spread_shrink_with_n_on_the_analytic_model():
     large = np.array([_pixel_spreads(model, 1600, 8, 40, s) for s in range(3)]).mean(0)
     ratio = small / large  # 4x the images: ~2x smaller (1/sqrt(N)), up to 4x where the 1/N bias term dominates
     assert np.all(ratio > 1.4) and np.all(ratio < 5.0), ratio
+
+
+def test_binomial_se_is_positive_at_the_extremes():
+    from sampler_bench.metrics.uncertainty import binomial_se
+
+    assert binomial_se(0.0, 100) > 0 and binomial_se(1.0, 100) == pytest.approx(binomial_se(0.0, 100))
+    assert binomial_se(0.5, 10000) == pytest.approx(0.005, rel=1e-3) and binomial_se(0.5, 400) > binomial_se(0.5, 1600)
 
 
 def test_spread_options_are_checked():

@@ -185,6 +185,8 @@ def test_default_metric_and_direction():
     assert default_metric(["mean_abs"]) == "mean_abs"
     assert default_metric([]) == "wall_time_s"
     assert higher_is_better("isc") and higher_is_better("images_per_s") and not higher_is_better("fid")
+    assert higher_is_better("mode_precision") and higher_is_better("f_score") and not higher_is_better("mode_tv")
+    assert not higher_is_better("fd_dinov2") and not higher_is_better("kid")
 
 
 def test_fie_plot_with_the_real_fie_module(results, tmp_path):

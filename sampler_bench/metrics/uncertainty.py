@@ -14,8 +14,8 @@
   percentiles. Resampling duplicates rows (less diversity), so the bootstrap distances sit above
   ``NAME_pooled``: use the interval's width, not its location. It needs every feature row.
 - **Precision / recall** are fractions of n binary decisions (Kynkaenniemi et al. 2019);
-  ``precision_se`` is the binomial ``sqrt(p (1 - p) / n)``, i.e. the sampling error of the fraction
-  given the estimated k-NN manifolds (it does not include the manifolds' own variance).
+  ``precision_se`` is the binomial standard error of the fraction (Agresti-Coull, so not 0 at p = 0
+  or 1) given the estimated k-NN manifolds (it does not include the manifolds' own variance).
 """
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ def fd_with_spread(prefix: str, st: SubsetStats, mu, sigma, opts: SpreadOptions,
 
 
 def binomial_se(p: float, n: int) -> float:
-    return float(np.sqrt(max(p * (1.0 - p), 0.0) / n)) if n > 0 else float("nan")
+    """Standard error of a fraction ``p`` of ``n`` (Agresti-Coull: ``q = (p n + 2) / (n + 4)``,
+    ``sqrt(q (1 - q) / (n + 4))``), which, unlike ``sqrt(p (1 - p) / n)``, is not 0 at p = 0 or 1."""
+    if n <= 0:
+        return float("nan")
+    q = (p * n + 2.0) / (n + 4.0)
+    return float(np.sqrt(q * (1.0 - q) / (n + 4.0)))
 
 
 def f_score_se(p: float, r: float, se_p: float, se_r: float) -> float:
