@@ -67,7 +67,6 @@ class FeatureAccumulator:
         self.dim = int(getattr(extractor, "dim", 2048))
         self.space = getattr(getattr(extractor, "space", None), "name", None) or "inception-v3-compat"
         self.subsets = SubsetStats(self.dim, total or 0, self.spread.subsets if total else 1)
-        self.stats = self.subsets.pooled
         self.keep = any(m in NEEDS_REF_FEATURES for m in self.metrics) or self.spread.bootstrap > 0 or keep_float32
         self.keep_dtype = np.float32 if keep_float32 else np.float16
         self.rows: list[tuple[int, np.ndarray]] = []  # (run position of the first row, rows)
@@ -95,13 +94,17 @@ class FeatureAccumulator:
         rows = [r for _, r in sorted(self.rows, key=lambda t: t[0])]
         return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
 
+    @property
+    def stats(self):
+        """Statistics of every row seen (:class:`~sampler_bench.metrics.stats.FeatureStats`)."""
+        return self.subsets.pooled
+
     def state(self) -> dict:
         """Picklable sums and kept rows (torchrun: every process's state is merged in :meth:`merge`)."""
         return {"subsets": self.subsets.state(), "rows": self.rows, "logits": self.logit_rows}
 
     def merge(self, states: list[dict]) -> None:
         self.subsets.merge([s["subsets"] for s in states])
-        self.stats = self.subsets.pooled
         self.rows = sorted((r for s in states for r in s["rows"]), key=lambda t: t[0])
         self.logit_rows = sorted((r for s in states for r in s["logits"]), key=lambda t: t[0])
 

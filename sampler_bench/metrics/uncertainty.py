@@ -80,29 +80,44 @@ class SubsetStats:
     def __init__(self, dim: int, total: int, k: int):
         self.total = int(total)
         self.k = effective_subsets(k, total)
-        self.pooled = FeatureStats(dim)
+        self.dim = int(dim)
+        self._pooled: FeatureStats | None = FeatureStats(dim)
         self.parts = [FeatureStats(dim) for _ in range(self.k)] if self.k > 1 else []
         self.seen = 0
+
+    @property
+    def pooled(self) -> FeatureStats:
+        """All rows: with subsets, combined from the blocks on demand (each row is summed once, not twice)."""
+        if self._pooled is None:
+            self._pooled = combine_stats([stats_state(p) for p in self.parts])
+        return self._pooled
 
     def update(self, f: np.ndarray, start: int | None = None) -> None:
         """Add rows; ``start`` is the run position (seed order) of the first one (default: after the last)."""
         f = np.asarray(f)
         start = self.seen if start is None else int(start)
-        self.pooled.update(f)
         if self.parts:
+            self._pooled = None
             idx = np.arange(start, start + len(f))
             block = np.minimum(idx * self.k // max(self.total, 1), self.k - 1)
             for j in np.unique(block):
                 self.parts[j].update(f[block == j])
+        else:
+            self._pooled.update(f)
         self.seen = start + len(f)
 
     def state(self) -> dict:
-        return {"pooled": stats_state(self.pooled), "parts": [stats_state(p) for p in self.parts]}
+        if self.parts:
+            return {"pooled": None, "parts": [stats_state(p) for p in self.parts]}
+        return {"pooled": stats_state(self.pooled), "parts": []}
 
     def merge(self, states: list[dict]) -> None:
         """Combine the statistics of several processes that each saw some of the run's images (torchrun)."""
-        self.pooled = combine_stats([s["pooled"] for s in states])
-        self.parts = [combine_stats([s["parts"][j] for s in states]) for j in range(len(self.parts))]
+        if self.parts:
+            self.parts = [combine_stats([s["parts"][j] for s in states]) for j in range(len(self.parts))]
+            self._pooled = None
+        else:
+            self._pooled = combine_stats([s["pooled"] for s in states])
 
 
 def stats_state(st: FeatureStats) -> dict:
