@@ -174,6 +174,7 @@ def test_spread_options_are_checked():
     with pytest.raises(BenchError, match="fid-subsets"):
         SpreadOptions.from_dict({"subsets": 0})
     assert SpreadOptions.from_dict({"subsets": 3, "protocol": "mean"}).as_dict() == {}
+    assert SpreadOptions.from_dict({"protocol": "EDM"}).as_dict() == {"protocol": "min"}
     assert SubsetStats(4, 5, 3).k == 2 and SubsetStats(4, 3, 3).k == 1  # every subset keeps >= 2 images
 
 

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(64, "--batch", "-b", help="Feature extractor batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         fid_subsets: int = typer.Option(3, "--fid-subsets", help="Spread: K disjoint subsets of the images in order (mean +- standard error); 1 = no spread."),
-        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol)."),
+        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol; also 'edm')."),
         fid_bootstrap: int = typer.Option(0, "--fid-bootstrap", help="Also a bootstrap over images with B resamples (0 = off)."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ):

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
         feature_weights: List[str] = typer.Option([], "--feature-weights", help="SPACE=PATH weights of another feature extractor (e.g. dinov2-vit-l-14=dinov2_vitl14_pretrain.pth); repeatable."),
         fid_subsets: int = typer.Option(3, "--fid-subsets", help="Spread of FID / FD: K disjoint seed subsets (mean +- standard error); 1 = one set, no spread."),
-        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol)."),
+        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol; also 'edm')."),
         fid_bootstrap: int = typer.Option(0, "--fid-bootstrap", help="Also a bootstrap over images with B resamples (0 = off; keeps every feature row)."),
     ):
         """Sample with one solver at one NFE and write a run directory."""

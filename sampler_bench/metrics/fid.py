@@ -194,9 +194,9 @@ def plan_feature_metrics(refs: list[str], metrics: Iterable[str], *, allow_downl
         fam = FEATURE_METRICS[m]
         if fam not in spaces:
             have = "; given: " + ", ".join(f"'{r}' ({held[f]})" for f, r in spaces.items()) if spaces else ""
-            flag = "--fid REF" if fam == "inception" else "a second reference (--fid A,B)"
             raise BenchError(f"--metrics {m} needs reference statistics in the {ALIASES.get(fam, fam)} feature space{have}; "
-                             f"add {flag}, made with `bench stats SOURCE --features {fam} --out ref.npz`.")
+                             f"add one to --fid / --ref (comma-separated, one per feature space), made with "
+                             f"`bench stats SOURCE --features {fam} --out ref.npz`.")
     for fam, r in spaces.items():
         ms = [m for m in wanted if FEATURE_METRICS[m] == fam and m not in ("fid", "fd-dinov2", "fd-clip")]
         ref = load_ref(r, space=held[fam], allow_download=allow_download, want_features=any(m in NEEDS_REF_FEATURES for m in ms),

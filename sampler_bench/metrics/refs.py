@@ -6,6 +6,10 @@ Formats read:
 - guided-diffusion's ``VIRTUAL_*.npz``: ``arr_0`` (reference images), ``mu``, ``sigma`` (pool3,
   used) and ``mu_s``, ``sigma_s`` (spatial, for sFID; ignored).
 
+Every reference holds one feature space (``extractor``: ``inception-v3-compat``, ``dinov2-vit-l-14``,
+``clip-vit-b-32``, ...; files without the entry are Inception when 2048-wide, registry entries say
+theirs); :func:`load_ref` refuses a file of another space than the caller's metric needs.
+
 ``--ref NAME`` resolves a registered name to a file in the cache directory, downloading it there
 only when no local file exists; any existing path works too.
 """

@@ -29,6 +29,7 @@ from sampler_bench.errors import BenchError
 from sampler_bench.metrics.stats import FeatureStats, frechet_distance
 
 PROTOCOLS = {"mean": "mean of the K subset distances (default)", "min": "minimum of the K subset distances (EDM's reported protocol)"}
+PROTOCOL_ALIASES = {"edm": "min"}  # EDM (Karras et al. 2022): "the minimum of three FIDs over three seed sets"
 DEFAULT_SUBSETS = 3
 BOOTSTRAP_SEED = 20260101
 
@@ -45,7 +46,9 @@ class SpreadOptions:
         unknown = set(d) - {"subsets", "protocol", "bootstrap"}
         if unknown:
             raise BenchError(f"unknown metric option(s) {', '.join(sorted(unknown))}; use subsets, protocol, bootstrap.")
-        opts = cls(int(d.get("subsets", DEFAULT_SUBSETS)), str(d.get("protocol", "mean")), int(d.get("bootstrap", 0)))
+        protocol = str(d.get("protocol", "mean")).lower()
+        protocol = PROTOCOL_ALIASES.get(protocol, protocol)
+        opts = cls(int(d.get("subsets", DEFAULT_SUBSETS)), protocol, int(d.get("bootstrap", 0)))
         opts.check()
         return opts
 
@@ -53,7 +56,7 @@ class SpreadOptions:
         if self.subsets < 1:
             raise BenchError(f"--fid-subsets must be a positive integer; got {self.subsets}.")
         if self.protocol not in PROTOCOLS:
-            raise BenchError(f"--fid-protocol '{self.protocol}' is unknown; use {' or '.join(PROTOCOLS)}.")
+            raise BenchError(f"--fid-protocol '{self.protocol}' is unknown; use {' or '.join(PROTOCOLS)} (edm = min).")
         if self.bootstrap < 0:
             raise BenchError(f"--fid-bootstrap must be 0 (off) or a number of resamples; got {self.bootstrap}.")
 
