@@ -295,3 +295,23 @@ def test_bad_feature_names_and_weight_pairs_are_refused():
     r = runner.invoke(app, ["sample", "--model", "gmm", "--solver", "euler", "--nfe", "2", "--num", "2", "--out", "unused",
                             "--fid-protocol", "median"])
     assert r.exit_code == 2 and "--fid-protocol 'median'" in r.output and not os.path.exists("unused")
+
+
+def test_missing_dinov2_code_offline_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.delenv(extractors.DINOV2_REPO_ENV, raising=False)
+    real_load = torch.hub.load
+
+    def offline(repo, *a, **k):
+        if k.get("source") == "local":
+            return real_load(repo, *a, **k)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load", offline)
+    r = CliRunner().invoke(app, ["stats", "model:gmm:shape=3x8x8", "--num", "4", "--out", str(tmp_path / "r.npz"),
+                                 "--features", "dinov2-vit-s-14", "--weights", str(random_dinov2_weights())])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "facebookresearch_dinov2_main" in r.output and extractors.DINOV2_REPO_ENV in r.output
+    monkeypatch.setenv(extractors.DINOV2_REPO_ENV, str(tmp_path))  # no hubconf.py there
+    with pytest.raises(BenchError, match="has no hubconf.py"):
+        extractors.dinov2_repo_dir()
