@@ -157,8 +157,8 @@ def test_subset_and_bootstrap_spread_shrink_with_n_on_the_analytic_model():
     model = load_model("gaussian:shape=1x4x4", device="cpu")
     small = np.array([_pixel_spreads(model, 400, 8, 40, s) for s in range(3)]).mean(0)
     large = np.array([_pixel_spreads(model, 1600, 8, 40, s) for s in range(3)]).mean(0)
-    ratio = small / large  # 4x the images: ~2x smaller (1/sqrt(N)), up to 4x where the 1/N bias term dominates
-    assert np.all(ratio > 1.4) and np.all(ratio < 5.0), ratio
+    ratio = small / large  # 4x the images: ~2x smaller (1/sqrt(N): the distance is not 0, its linear term dominates)
+    assert np.all(ratio > 1.5) and np.all(ratio < 3.2), ratio  # measured 2.1 (subsets), 2.4 (bootstrap)
 
 
 def test_binomial_se_is_positive_at_the_extremes():
