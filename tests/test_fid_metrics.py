@@ -300,6 +300,7 @@ def test_bad_feature_names_and_weight_pairs_are_refused():
 def test_missing_dinov2_code_offline_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
     monkeypatch.delenv(extractors.DINOV2_REPO_ENV, raising=False)
+    monkeypatch.setattr(extractors, "_CACHE", {})  # no network built by an earlier test
     real_load = torch.hub.load
 
     def offline(repo, *a, **k):

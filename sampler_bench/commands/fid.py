@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
             arrays["features"] = acc.all_features()
         write_npz(out, **arrays)
         console.print(f"wrote {out}: {space.name} statistics of {n} images ({src.description})")
-        warn = few_images_warning(n, space.dim, "FID against these statistics")
+        warn = few_images_warning(n, space.dim, ("FID" if space.family == "inception" else "the Frechet distance") + " against these statistics")
         if warn:
             err_console.print(f"[yellow]warning:[/yellow] {warn}", highlight=False, soft_wrap=True)
 
