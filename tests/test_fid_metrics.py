@@ -135,9 +135,21 @@ def test_processes_merged_equal_one_process(pair):
         m = r.result(ref)
         for k, v in one.items():
             if isinstance(v, float) or (isinstance(v, list) and isinstance(v[0], float)):
-                assert m[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k  # float64 summation order
+                assert m[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k  # float64 summation order (rows kept: exact)
             else:
                 assert m[k] == v, k
+
+
+def test_merged_subsets_are_bit_identical_while_rows_are_kept(pair):
+    ext, fake, ref = pair
+    imgs, spread = fake[:60], SpreadOptions(subsets=3)  # 20 rows per block <= D = 24: rows kept
+    one = _accumulate(ext, imgs, [], 8, spread).result(ref)
+    ranks = [FeatureAccumulator(ext, [], total=60, spread=spread) for _ in range(3)]
+    for i, start in enumerate(range(0, 60, 8)):
+        ranks[i % 3].update(imgs[start: start + 8], start)
+    states = [r.state() for r in ranks]
+    ranks[1].merge(states)
+    assert ranks[1].result(ref)["fid_subset_values"] == one["fid_subset_values"]
 
 
 def _pixel_spreads(model, n, k, boots, seed):
