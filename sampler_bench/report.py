@@ -2,7 +2,10 @@
 
 - a solver x NFE table of one metric per model (terminal via rich, Markdown, CSV), best per column
   marked (lowest, or highest for metrics where higher is better: IS, precision, recall, images/s);
-- ``<metric>_vs_nfe`` plots (PNG and SVG), log axes where the values span a decade or more;
+  where the records carry a spread (``NAME_se``, a standard error, else ``NAME_std``) cells read
+  ``value +- spread`` and every value the spread cannot separate from the best
+  (``|v - best| <= 1.96 sqrt(s_v^2 + s_best^2)``) is marked as a tie (``~``);
+- ``<metric>_vs_nfe`` plots (PNG and SVG) with +-1 spread error bars, log axes where the values span a decade or more;
 - ``fie_vs_nfe``: the ER-SDE FIE coefficient of the noise-scale functions used in the sweep (or the
   paper's set when the sweep has no ER-SDE cell), from :func:`sampler_bench.metrics.fie.fie_curve`;
 - ``samples``: a picture grid, one row per solver, one column per NFE, the same seeds in every tile.
@@ -28,7 +31,7 @@ from sampler_bench.sweep.config import _slug
 from sampler_bench.sweep.store import load_records, metric_names, write_results
 
 RECORD_NUMBERS = ("wall_time_s", "images_per_s")
-HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "images_per_s")
+HIGHER_IS_BETTER = ("isc", "is_", "inception_score", "precision", "recall", "f_score", "mode_precision", "images_per_s")
 PAPER_PHIS = ["ode", "sde", "ersde1", "ersde2", "ersde3", "ersde4", "ersde5"]
 
 
@@ -55,6 +58,9 @@ class ModelTable:
     values: dict[str, dict[int, Any]]
     best: dict[int, float]
     records: dict[tuple[str, int], dict[str, Any]]
+    spreads: dict[str, dict[int, float]] = field(default_factory=dict)  # series -> nfe -> spread
+    ties: dict[int, set] = field(default_factory=dict)  # nfe -> series tied with the best (best excluded)
+    spread_kind: str | None = None  # "se" or "std"
 
 
 @dataclass
@@ -80,6 +86,26 @@ def _value(rec: dict[str, Any], metric: str) -> Any:
     return None
 
 
+TIE_Z = 1.96
+
+
+def _spread(rec: dict[str, Any], metric: str) -> tuple[float | None, str | None]:
+    """The spread stored next to ``metric``: ``metric_se`` (standard error) else ``metric_std``."""
+    m = rec.get("metrics") or {}
+    for sfx in ("se", "std"):
+        v = m.get(f"{metric}_{sfx}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v), sfx
+    return None, None
+
+
+def is_tie(v: float, s_v: float | None, best: float, s_best: float | None) -> bool:
+    """Whether the spreads cannot separate ``v`` from ``best`` (two-sided, about 95%)."""
+    if s_v is None or s_best is None:
+        return False
+    return abs(v - best) <= TIE_Z * math.hypot(s_v, s_best)
+
+
 def build_tables(records: list[dict[str, Any]], metric: str, higher: bool) -> list[ModelTable]:
     tables: dict[str, ModelTable] = {}
     for r in records:
@@ -93,6 +119,10 @@ def build_tables(records: list[dict[str, Any]], metric: str, higher: bool) -> li
             t.nfes.append(n)
         t.values[s][n] = _value(r, metric)
         t.records[(s, n)] = r
+        sp, kind = _spread(r, metric) if isinstance(t.values[s][n], float) else (None, None)
+        if sp is not None:
+            t.spreads.setdefault(s, {})[n] = sp
+            t.spread_kind = t.spread_kind or kind
     for t in tables.values():
         t.nfes.sort()
         for n in t.nfes:
@@ -100,7 +130,33 @@ def build_tables(records: list[dict[str, Any]], metric: str, higher: bool) -> li
             nums = [v for v in vals if isinstance(v, float) and math.isfinite(v)]
             if nums:
                 t.best[n] = max(nums) if higher else min(nums)
+                bs = next(s for s in t.series if t.values[s].get(n) == t.best[n])
+                t.ties[n] = {s for s in t.series if s != bs and isinstance(t.values[s].get(n), float)
+                             and is_tie(t.values[s][n], t.spreads.get(s, {}).get(n), t.best[n], t.spreads.get(bs, {}).get(n))}
     return list(tables.values())
+
+
+def _cell(t: ModelTable, s: str, n: int) -> tuple[str, str]:
+    """(text, mark) of one cell: value [+- spread]; mark is "best", "tie" or ""."""
+    v = t.values[s].get(n)
+    text = _fmt(v)
+    sp = t.spreads.get(s, {}).get(n)
+    if isinstance(v, float) and sp is not None:
+        text += f" ± {sp:.2g}"
+    if isinstance(v, float) and t.best.get(n) == v:
+        return text, "best"
+    if s in t.ties.get(n, ()):
+        return "~" + text, "tie"
+    return text, ""
+
+
+def _legend(rep: "Report") -> str:
+    kinds = {t.spread_kind for t in rep.tables if t.spread_kind}
+    if not kinds:
+        return ""
+    what = "standard error" if kinds == {"se"} else "standard deviation" if kinds == {"std"} else "spread"
+    return (f" ± is the {what} stored with each value; ~ marks values the spread cannot separate from the best "
+            f"(|difference| <= {TIE_Z} x the combined spread).")
 
 
 def _fmt(v: Any) -> str:
@@ -117,7 +173,7 @@ def render_terminal(rep: Report):
 
     out = []
     for t in rep.tables:
-        tbl = Table(title=f"{t.model}: {rep.metric} ({'higher' if rep.higher_better else 'lower'} is better; best per NFE in bold green)",
+        tbl = Table(title=f"{t.model}: {rep.metric} ({'higher' if rep.higher_better else 'lower'} is better; best per NFE in bold green{', ties (~) in green' if any(t.ties.values()) else ''})",
                     title_justify="left", header_style="bold")
         tbl.add_column("solver \\ NFE", overflow="fold")
         for n in t.nfes:
@@ -126,9 +182,11 @@ def render_terminal(rep: Report):
             row = []
             for n in t.nfes:
                 v = t.values[s].get(n)
-                text = _fmt(v)
-                if isinstance(v, float) and t.best.get(n) == v:
+                text, mark = _cell(t, s, n)
+                if mark == "best":
                     text = Text(text, style="bold green")
+                elif mark == "tie":
+                    text = Text(text, style="green")
                 elif v == "failed":
                     text = Text("failed", style="red")
                 elif v == "n/a":
@@ -142,16 +200,15 @@ def render_terminal(rep: Report):
 def table_markdown(rep: Report) -> str:
     lines = [f"# {rep.metric} by solver and NFE", "",
              f"From `{rep.results}`. {'Higher' if rep.higher_better else 'Lower'} is better; the best per NFE is in bold. "
-             "`failed`: the cell failed (see results.md); `n/a`: the solver cannot use exactly that NFE.", ""]
+             "`failed`: the cell failed (see results.md); `n/a`: the solver cannot use exactly that NFE." + _legend(rep), ""]
     for t in rep.tables:
         lines += [f"## {t.model}", "", "| solver | " + " | ".join(f"NFE {n}" for n in t.nfes) + " |",
                   "|---|" + "---:|" * len(t.nfes)]
         for s in t.series:
             cells = []
             for n in t.nfes:
-                v = t.values[s].get(n)
-                text = _fmt(v)
-                cells.append(f"**{text}**" if isinstance(v, float) and t.best.get(n) == v else text)
+                text, mark = _cell(t, s, n)
+                cells.append(f"**{text}**" if mark == "best" else text)
             lines.append(f"| {s.replace('|', '/')} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -165,6 +222,8 @@ def table_csv(rep: Report) -> str:
     for t in rep.tables:
         for s in t.series:
             w.writerow([t.model, s, rep.metric] + [_fmt(t.values[s].get(n)) if n in t.nfes else "" for n in nfes])
+            if t.spreads.get(s):
+                w.writerow([t.model, s, f"{rep.metric}_{t.spread_kind}"] + [_fmt(t.spreads[s].get(n)) for n in nfes])
     return buf.getvalue()
 
 
@@ -208,7 +267,12 @@ def plot_metric(t: ModelTable, metric: str, base: Path, files: list[Path]) -> bo
         pts = [(n, t.values[s][n]) for n in t.nfes if isinstance(t.values[s].get(n), float) and math.isfinite(t.values[s][n])]
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=s)
+        errs = [t.spreads.get(s, {}).get(p[0], 0.0) for p in pts]
+        if any(errs):  # +-1 spread (standard error or std) error bars
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=errs, marker="o", markersize=4, capsize=3, label=s)
+            ys_all += [max(p[1] - e, p[1] * 0.5) for p, e in zip(pts, errs)] + [p[1] + e for p, e in zip(pts, errs)]
+        else:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=s)
         ys_all += [p[1] for p in pts]
     if not ys_all:
         return False
@@ -220,7 +284,7 @@ def plot_metric(t: ModelTable, metric: str, base: Path, files: list[Path]) -> bo
     _nfe_axis(ax, t.nfes)
     if min(ys_all) > 0 and max(ys_all) / min(ys_all) >= 10:
         ax.set_yscale("log")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric + (f" (± {t.spread_kind})" if t.spread_kind else ""))
     ax.set_title(f"{t.model}: {metric} vs NFE", fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="best")

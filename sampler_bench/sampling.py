@@ -82,7 +82,7 @@ class RunConfig:
     opts: dict[str, Any] = field(default_factory=dict)
     class_label: str | None = None  # None (model default), "random", or an int as text
     device: str = "auto"
-    fid_ref: str | None = None
+    fid_ref: str | None = None  # reference statistics, one per feature space, comma-separated
     metrics: list[str] = field(default_factory=list)  # extra metrics (kid, isc, ...) where available
     inception_weights: str | None = None
     final_step: str = "zero"  # zero | none | denoise (solvers/__init__.py)
@@ -94,6 +94,8 @@ class RunConfig:
     compile: bool = False  # torch.compile the network (accel.py)
     classifier: str | None = None  # classifier guidance (models/guidance.py): NAME, PATH or gmm
     guidance_scale: float | None = None  # None: 1.0 when a classifier is given
+    feature_weights: dict[str, str] = field(default_factory=dict)  # feature space -> weights file (DINOv2, CLIP)
+    metric_opts: dict[str, Any] = field(default_factory=dict)  # spread of feature metrics: subsets, protocol, bootstrap
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that must match for a directory to count as the same run."""
@@ -103,6 +105,9 @@ class RunConfig:
         d.pop("threads", None)  # the thread count does not change the samples either
         if batch_invariant(self.model):  # per-sample seeds and float64 arithmetic: the batch size does not change the images
             d.pop("batch", None)
+        d.pop("feature_weights", None)  # where the weights come from does not change the run
+        if not d.get("metric_opts"):
+            d.pop("metric_opts", None)  # defaults: identical to runs made before the option existed
         d["opts"] = canonical_opts(self.solver, self.opts)  # eta=1 and eta=1.0 are the same run
         # fields at their defaults are left out, so runs recorded before these fields existed still match
         for k, default in (("final_step", "zero"), ("noise", "edm-generate"), ("preset", None), ("precision", "fp32"),

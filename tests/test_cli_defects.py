@@ -242,7 +242,7 @@ def test_12_validation_comes_before_the_existing_run(tmp_path):
 # 13 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra, model, fragment", [
     ("class_label: 42\n", None, "--class-label 42 is out of range"),
-    ("metrics: {names: [kid]}\n", None, "needs Inception features; add --fid"),
+    ("metrics: {names: [kid]}\n", None, "needs reference statistics in its feature space; add --fid"),
     ("schedule: 'karras:rho=0'\n", None, "rho must be > 0"),
     ("", "gmmm", "unknown model 'gmmm'; did you mean gmm?"),
 ])
@@ -366,8 +366,8 @@ def test_17_results_md_leads_with_the_metric_and_hoists_constant_columns(tmp_pat
     assert "- model: gmm:classes=2,shape=3x8x8,rank=4" in head and "- device: cpu" in head and "- batch: 2" in head
     table = [ln for ln in md if ln.startswith("| ")]
     cols = [c.strip() for c in table[0].strip("|").split("|")]
-    assert cols[0] == "ode_rms_error" and cols[:7] == ["ode_rms_error", "ode_rms_error_max", "pixel_fd", "pixel_fd_floor",
-                                                     "pixel_fd_floor_std", "series", "nfe"], cols
+    assert cols[0] == "ode_rms_error" and cols[:8] == ["ode_rms_error", "ode_rms_error_max", "pixel_fd", "pixel_fd_floor",
+                                                     "pixel_fd_floor_std", "pixel_fd_std", "series", "nfe"], cols
     assert "model" not in cols and "device" not in cols and len(cols) < 15
     import csv
 

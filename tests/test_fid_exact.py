@@ -125,6 +125,6 @@ def test_floor_is_an_average_over_draws_with_its_spread():
         rec = run_sample(cfg, f"{d}/run")
     met = rec["metrics"]
     assert met["pixel_fd_floor"] == pytest.approx(sum(singles) / len(singles), rel=1e-12)
-    assert met["pixel_fd_floor_std"] > 0
+    assert met["pixel_fd_floor_std"] > 0 and met["pixel_fd_std"] == met["pixel_fd_floor_std"]
     # the draws really differ (a single fixed draw would make the spread meaningless)
     assert max(singles) - min(singles) > 0

@@ -79,7 +79,10 @@ def test_self_fid_kid_isc(world):
                             "--inception-weights", world["weights"], "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
-    assert abs(m["fid"]) < 1e-6 and abs(m["kid_mean"]) < 1e-3 and m["isc_mean"] >= 1.0 and m["kid_subset_size"] == N
+    # all N images against their own statistics: 0; the K=3 subset distances (2 images each) are not
+    assert abs(m["fid_pooled"]) < 1e-6 and abs(m["kid"]) < 1e-3 and m["isc"] >= 1.0 and m["kid_subset_size"] == N
+    assert m["fid_k"] == 3 and m["fid"] == pytest.approx(np.mean(m["fid_subset_values"])) and m["fid"] > m["fid_pooled"]
+    assert m["fid_se"] == pytest.approx(np.std(m["fid_subset_values"], ddof=1) / np.sqrt(3)) and m["fid_protocol"] == "mean"
     # stats without features: KID refused before any work
     r = runner.invoke(app, ["fid", str(world["run"]), "--ref", str(world["ref"]), "--metrics", "kid",
                             "--inception-weights", world["weights"]])

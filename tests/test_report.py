@@ -185,9 +185,40 @@ def test_default_metric_and_direction():
     assert default_metric(["mean_abs"]) == "mean_abs"
     assert default_metric([]) == "wall_time_s"
     assert higher_is_better("isc") and higher_is_better("images_per_s") and not higher_is_better("fid")
+    assert higher_is_better("mode_precision") and higher_is_better("f_score") and not higher_is_better("mode_tv")
+    assert not higher_is_better("fd_dinov2") and not higher_is_better("kid")
 
 
 def test_fie_plot_with_the_real_fie_module(results, tmp_path):
     rep = make_report(results, out=tmp_path / "rep")
     assert _is_png(tmp_path / "rep" / "fie_vs_nfe.png") and _is_svg(tmp_path / "rep" / "fie_vs_nfe.svg")
     assert any("no ER-SDE cell" in n for n in rep.notes)
+
+
+def test_spread_shown_as_plus_minus_error_bars_and_ties_marked(tmp_path):
+    from sampler_bench.report import Report, build_tables, is_tie, plot_metric, table_csv, table_markdown
+
+    def rec(series, nfe, fid, se):
+        return {"model": "m", "series": series, "solver": series, "nfe": nfe, "status": "ok",
+                "metrics": {"fid": fid, "fid_se": se}}
+
+    # NFE 10: b (3.0 +- 0.1) vs best a (2.9 +- 0.1): |0.1| <= 1.96*0.141 -> tie; c (4.0) is separated
+    # NFE 20: a 2.0 +- 0.01 vs b 2.5 +- 0.01: separated, no tie
+    records = [rec("a", 10, 2.9, 0.1), rec("b", 10, 3.0, 0.1), rec("c", 10, 4.0, 0.1), rec("a", 20, 2.0, 0.01), rec("b", 20, 2.5, 0.01)]
+    (t,) = build_tables(records, "fid", False)
+    assert t.best == {10: 2.9, 20: 2.0} and t.ties == {10: {"b"}, 20: set()} and t.spread_kind == "se"
+    assert is_tie(3.0, 0.1, 2.9, 0.1) and not is_tie(4.0, 0.1, 2.9, 0.1) and not is_tie(3.0, None, 2.9, 0.1)
+    rep = Report(tmp_path, tmp_path, "fid", False, [t], records)
+    md = table_markdown(rep)
+    assert "| a | **2.9 ± 0.1** | **2 ± 0.01** |" in md and "| b | ~3 ± 0.1 | 2.5 ± 0.01 |" in md and "| c | 4 ± 0.1 |" in md
+    assert "standard error" in md and "~ marks values the spread cannot separate" in md
+    rows = list(csv.reader(table_csv(rep).splitlines()))
+    assert ["m", "a", "fid_se", "0.1", "0.01"] in rows and ["m", "a", "fid", "2.9", "2"] in rows
+    files: list[Path] = []
+    assert plot_metric(t, "fid", tmp_path / "fid_vs_nfe", files)
+    svg = (tmp_path / "fid_vs_nfe.svg").read_text()
+    assert "(± se)" in svg or "± se" in svg  # the y label says what the error bars are
+    # no spread stored: plain values, no ties, no legend
+    (t2,) = build_tables([{**r, "metrics": {"fid": r["metrics"]["fid"]}} for r in records], "fid", False)
+    assert t2.ties == {10: set(), 20: set()} and t2.spread_kind is None
+    assert "±" not in table_markdown(Report(tmp_path, tmp_path, "fid", False, [t2], records))

@@ -424,3 +424,37 @@ def test_ode_error_is_left_out_of_stochastic_cells(tmp_path):
         metrics: {{names: [ode-error]}}
     """, name="only.yaml")
     assert load_sweep(only).cells[0].cfg.metrics == ["none"]
+
+
+def test_metrics_key_takes_refs_per_space_and_spread_options(tmp_path):
+    cfg = write_cfg(tmp_path, """
+        name: m
+        models: [gaussian:shape=1x4x4]
+        solvers: [euler]
+        nfe: [3]
+        seeds: 0-3
+        metrics:
+          fid: [cifar10-32x32, dino.npz]
+          names: [fid, kid, prc, fd-dinov2]
+          subsets: 5
+          protocol: min
+          bootstrap: 20
+          feature_weights: {dinov2: /w/dinov2_vitl14_pretrain.pth}
+    """)
+    (c,) = load_sweep(cfg).cells
+    assert c.cfg.fid_ref == "cifar10-32x32,dino.npz" and c.cfg.metrics == ["fid", "kid", "prc", "fd-dinov2"]
+    assert c.cfg.metric_opts == {"subsets": 5, "protocol": "min", "bootstrap": 20}
+    assert c.cfg.feature_weights == {"dinov2-vit-l-14": "/w/dinov2_vitl14_pretrain.pth"}
+    assert "feature_weights" not in c.cfg.identity() and c.cfg.identity()["metric_opts"]["protocol"] == "min"
+    for bad, match in (("protocol: median", "fid-protocol 'median'"), ("subsets: two", "metrics.subsets"),
+                       ("feature_weights: {vgg: x}", "unknown feature space 'vgg'")):
+        cfg = write_cfg(tmp_path, f"""
+            name: m
+            models: [gaussian:shape=1x4x4]
+            solvers: [euler]
+            nfe: [3]
+            metrics:
+              {bad}
+        """, name="bad.yaml")
+        with pytest.raises(BenchError, match=match):
+            load_sweep(cfg)

@@ -76,10 +76,15 @@ def warn(text: str) -> None:
 
 def print_metrics(metrics: dict) -> None:
     """One line per metric on stdout; the ``warnings`` entry goes to stderr as warnings."""
+    spreads = {k: metrics[k + sfx] for k in metrics for sfx in ("_se", "_std") if isinstance(metrics.get(k + sfx), float)}
     for k, v in metrics.items():
-        if k == "warnings":
+        if k == "warnings" or (k.endswith(("_se", "_std")) and k.rsplit("_", 1)[0] in spreads):
             continue
-        console.print(f"  {k}: {fmt_num(v)}" if isinstance(v, float) else f"  {k}: {v}")
+        if isinstance(v, float) and k in spreads:  # value +- its spread (standard error / std, see README)
+            sfx = "se" if isinstance(metrics.get(k + "_se"), float) else "std"
+            console.print(f"  {k}: {fmt_num(v)} +- {fmt_num(spreads[k], '.3g')} ({sfx})")
+        else:
+            console.print(f"  {k}: {fmt_num(v)}" if isinstance(v, float) else f"  {k}: {v}")
     for w in metrics.get("warnings", []):
         warn(w)
 

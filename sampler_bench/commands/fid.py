@@ -7,7 +7,7 @@ ORDER = 30
 import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -19,10 +19,10 @@ from sampler_bench.textfmt import fmt_num
 
 @contextlib.contextmanager
 def _features_phase(total: int, quiet: bool):
-    """Progress of the Inception feature extraction (a phase of the CLI's reporter)."""
+    """Progress of the feature extraction (a phase of the CLI's reporter)."""
     from sampler_bench.progress import phase
 
-    with CliProgress(quiet), phase("inception features", total=total) as step:
+    with CliProgress(quiet), phase("features", total=total) as step:
         yield step
 
 
@@ -54,45 +54,65 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def fid(
         source: str = typer.Argument(..., help="A run directory, a folder of images, an .npz of uint8 images (images / arr_0) or a dataset .zip."),
-        ref: str = typer.Option(..., "--ref", "-r", help="Reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Extra metrics, comma-separated: kid, isc."),
+        ref: str = typer.Option(..., "--ref", "-r", help="Reference statistics, one per feature space, comma-separated: known names (`bench refs`) or .npz files from `bench stats [--features ...]`."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: fid, kid, isc, prc, fd-dinov2, fd-clip (the distance of every --ref is always computed)."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Path of weights-inception-2015-12-05-6726825d.pth (else $SAMPLER_BENCH_INCEPTION_WEIGHTS, the torch hub cache, download)."),
+        feature_weights: List[str] = typer.Option([], "--feature-weights", help="SPACE=PATH weights of another feature extractor (DINOv2, CLIP); repeatable."),
         num: Optional[int] = typer.Option(None, "--num", help="Use only the first N images of the source."),
-        batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
+        batch: int = typer.Option(64, "--batch", "-b", help="Feature extractor batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        fid_subsets: int = typer.Option(3, "--fid-subsets", help="Spread: K disjoint subsets of the images in order (mean +- standard error); 1 = no spread."),
+        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol; also 'edm')."),
+        fid_bootstrap: int = typer.Option(0, "--fid-bootstrap", help="Also a bootstrap over images with B resamples (0 = off)."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout, nothing else.", metavar=""),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
-        """FID of SOURCE against reference statistics; writes metrics.json into a run directory."""
-        from sampler_bench.metrics import parse_metrics
-        from sampler_bench.metrics.fid import check_inception_metrics, source_features
-        from sampler_bench.metrics.inception import get_extractor
-        from sampler_bench.metrics.refs import load_ref
+        """FID (and other feature metrics) of SOURCE against reference statistics; writes metrics.json into a run directory."""
+        from sampler_bench.metrics import parse_feature_weights, parse_metrics
+        from sampler_bench.metrics.extractors import get_space_extractor
+        from sampler_bench.metrics.fid import FEATURE_METRICS, FeatureAccumulator, fd_key, plan_feature_metrics, split_refs
         from sampler_bench.metrics.sources import open_source
+        from sampler_bench.metrics.uncertainty import SpreadOptions
 
         wanted = parse_metrics(metrics)
-        bad = [m for m in wanted if m not in ("kid", "isc")]
+        bad = [m for m in wanted if m not in FEATURE_METRICS]
         if bad:
-            raise BenchError(f"bench fid computes kid and isc besides FID; {', '.join(bad)} belong to `bench sample` (analytic models).")
+            raise BenchError(f"bench fid computes {', '.join(FEATURE_METRICS)}; {', '.join(bad)} belong to `bench sample` (analytic models).")
         if source.startswith("model:"):
             raise BenchError("bench fid measures existing images; for exact data samples use `bench stats model:NAME --num N --out ref.npz`.")
+        spread = SpreadOptions.from_dict({"subsets": fid_subsets, "protocol": fid_protocol, "bootstrap": fid_bootstrap})
+        weights = parse_feature_weights(feature_weights)
         src = open_source(source, num=num)
-        refstats = load_ref(ref, want_features="kid" in wanted)
-        check_inception_metrics(wanted, refstats)
-        ext = get_extractor(inception_weights, device=device, batch_size=batch)
+        plans = plan_feature_metrics(split_refs(ref), wanted)
+        exts = [get_space_extractor(p.ref.space, inception_weights if p.ref.space == "inception-v3-compat" else weights.get(p.ref.space),
+                                    device=device, batch_size=batch) for p in plans]
         for w in src.warnings:
             warn(w)
+        accs = [FeatureAccumulator(e, p.metrics, total=src.count, spread=spread) for p, e in zip(plans, exts)]
         with _features_phase(src.count, quiet) as step:
-            acc = source_features(src, ext, wanted, batch, step)
-        result = acc.result(refstats)
-        result["fid_weights"] = ext.weights_source
+            for b in src.batches(batch):
+                for acc in accs:
+                    acc.update(b)
+                step(len(b))
+        result: dict = {}
+        warnings: list = []
+        for p, acc in zip(plans, accs):
+            r = acc.result(p.ref)
+            warnings += r.pop("warnings", [])
+            result.update(r)
+            result[f"{fd_key(acc.space)}_weights"] = acc.extractor.weights_source
+        if warnings:
+            result["warnings"] = warnings
         if src.run_dir is not None:
             merge_run_metrics(src.run_dir, result)
         if as_json:
             print_json(result)
         else:
-            console.print(f"FID {fmt_num(result['fid'], '.4f')}  ({src.description} vs {refstats.label})")
-            print_metrics({k: v for k, v in result.items() if k != "fid"})
+            for p, acc in zip(plans, accs):
+                k = fd_key(acc.space)
+                se = f" +- {fmt_num(result[k + '_se'], '.4f')}" if (k + "_se") in result else ""
+                console.print(f"{k.upper().replace('_', '-')} {fmt_num(result[k], '.4f')}{se}  ({src.description} vs {p.ref.label})")
+            print_metrics({k: v for k, v in result.items() if k not in [fd_key(a.space) for a in accs]})
             if src.run_dir is not None:
                 console.print(f"wrote {src.run_dir / 'metrics.json'}")
 
@@ -104,19 +124,21 @@ def register(app: typer.Typer) -> None:
         num: Optional[int] = typer.Option(None, "--num", help="Number of images (required for model:NAME; else the first N)."),
         seed: int = typer.Option(0, "--seed", help="Seed for model:NAME data samples."),
         class_label: Optional[int] = typer.Option(None, "--class-label", help="model:NAME: statistics of one class instead of the marginal."),
-        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 8 KiB per image), needed for KID.", metavar=""),
+        features: str = typer.Option("inception", "--features", help="Feature space: inception (default), dinov2-vit-{s,b,l,g}-14 (dinov2 = l), clip-rn50, clip-vit-b-32 (clip), clip-vit-b-16, clip-vit-l-14."),
+        keep_features: bool = typer.Option(False, "--keep-features", help="Also store every feature row (float32, 4 bytes x width per image), needed for KID and precision/recall.", metavar=""),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Path of the Inception weights file (see `bench fid --help`)."),
-        batch: int = typer.Option(64, "--batch", "-b", help="Inception batch size."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Weights file of the --features extractor (DINOv2 / CLIP; else its env var, the torch hub cache, download)."),
+        batch: int = typer.Option(64, "--batch", "-b", help="Feature extractor batch size."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file.", metavar=""),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr.", metavar=""),
     ):
-        """Reference statistics (Inception pool3 mean and covariance) of a set of images."""
+        """Reference statistics (feature mean and covariance, Inception pool3 by default) of a set of images."""
         import numpy as np
 
         from sampler_bench.fileio import check_writable, user_write_errors, write_npz
+        from sampler_bench.metrics.extractors import get_space_extractor, space_of
         from sampler_bench.metrics.fid import source_features
-        from sampler_bench.metrics.inception import EXTRACTOR_NAME, get_extractor
         from sampler_bench.metrics.sources import open_source
         from sampler_bench.metrics.stats import few_images_warning
 
@@ -125,23 +147,26 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not overwrite:
             raise BenchError(f"'{out}' exists; choose another --out or pass --overwrite.")
         check_writable(out)
+        space = space_of(features)
+        if weights and space.family == "inception":
+            raise BenchError("--weights is for DINOv2 / CLIP features; give Inception weights with --inception-weights.")
         src = open_source(source, num=num, seed=seed, class_label=class_label)
-        ext = get_extractor(inception_weights, device=device, batch_size=batch)
+        ext = get_space_extractor(space.name, inception_weights if space.family == "inception" else weights, device=device, batch_size=batch)
         for w in src.warnings:
             warn(w)
         with _features_phase(src.count, quiet) as step:
-            acc = source_features(src, ext, ["kid"] if keep_features else [], batch, step)
+            acc = source_features(src, ext, [], batch, step, keep_float32=keep_features)
         n = acc.stats.count
         if n < 2:
             raise BenchError(f"'{source}' gave {n} image(s); statistics need at least 2 (thousands for FID).")
         arrays = {"mu": acc.stats.mean(), "sigma": acc.stats.dense_cov(), "num_images": np.asarray(n, np.int64),
-                  "extractor": np.asarray(EXTRACTOR_NAME), "source": np.asarray(src.description)}
+                  "extractor": np.asarray(space.name), "source": np.asarray(src.description)}
         if keep_features:
-            arrays["features"] = acc.stats.all_features()
+            arrays["features"] = acc.all_features()
         with user_write_errors(out):
             write_npz(out, **arrays)
-        console.print(f"wrote {out}: {EXTRACTOR_NAME} statistics of {n} images ({src.description})")
-        few = few_images_warning(n, 2048, "FID against these statistics")
+        console.print(f"wrote {out}: {space.name} statistics of {n} images ({src.description})")
+        few = few_images_warning(n, space.dim, ("FID" if space.family == "inception" else "the Frechet distance") + " against these statistics")
         if few:
             warn(few)
 
@@ -155,8 +180,8 @@ def register(app: typer.Typer) -> None:
 
         t = Table(box=None, pad_edge=False, header_style="bold", title=f"reference statistics (cache: {cache_dir()})",
                   title_justify="left")
-        for col in ("name", "cached", "description", "url"):
+        for col in ("name", "features", "cached", "description", "url"):
             t.add_column(col, overflow="fold")
         for e in KNOWN_REFS.values():
-            t.add_row(e.name, "yes" if (cache_dir() / e.filename).is_file() else "no", e.summary, e.url)
+            t.add_row(e.name, e.features, "yes" if (cache_dir() / e.filename).is_file() else "no", e.summary, e.url)
         console.print(t)

@@ -44,16 +44,21 @@ def register(app: typer.Typer) -> None:
         precision: str = typer.Option("fp32", "--precision", help="Network autocast: fp32 (off), fp16 or bf16 (changes the numbers; recorded)."),
         compile_net: bool = typer.Option(False, "--compile", help="torch.compile the network (network models; first batch pays the compilation).", metavar=""),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: OMP_NUM_THREADS if set, else 1 on CPU); recorded in run.json."),
-        fid: Optional[str] = typer.Option(None, "--fid", help="FID on the fly against reference statistics: a known name (`bench refs`) or an .npz with mu/sigma."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: kid, isc (with --fid); pixel-fd, ode-error (analytic models, default both); none."),
+        fid: Optional[str] = typer.Option(None, "--fid", help="Reference statistics, one per feature space, comma-separated: a known name (`bench refs`) or an .npz from `bench stats [--features ...]`; the Frechet distance of each is computed on the fly."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics, comma-separated: fid, kid, isc, prc, fd-dinov2, fd-clip (need --fid); pixel-fd, ode-error (analytic models, default both); none."),
         inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception weights file for --fid (see `bench fid --help`)."),
+        feature_weights: List[str] = typer.Option([], "--feature-weights", help="SPACE=PATH weights of another feature extractor (e.g. dinov2-vit-l-14=dinov2_vitl14_pretrain.pth); repeatable."),
+        fid_subsets: int = typer.Option(3, "--fid-subsets", help="Spread of FID / FD: K disjoint seed subsets (mean +- standard error); 1 = one set, no spread."),
+        fid_protocol: str = typer.Option("mean", "--fid-protocol", help="Headline over the K subsets: mean (default) or min (EDM's protocol; also 'edm')."),
+        fid_bootstrap: int = typer.Option(0, "--fid-bootstrap", help="Also a bootstrap over images with B resamples (0 = off; keeps every feature row)."),
         classifier: Optional[str] = typer.Option(None, "--classifier", help="Classifier guidance: a classifier name (`bench models`), a guided-diffusion .pt, or gmm (the analytic model's exact posterior)."),
         guidance_scale: Optional[str] = typer.Option(None, "--guidance-scale", help="Classifier guidance scale s >= 0 (default 1 with --classifier): D + s sigma^2 grad log p(y|x)."),
         as_json: bool = typer.Option(False, "--json", help="Print the run record (run.json: config, counted NFE, timings, metrics) as one JSON object on stdout, nothing else.", metavar=""),
     ):
         """Sample with one solver at one NFE and write a run directory."""
         from sampler_bench.limits import check_nfe, check_num_samples, check_seed
-        from sampler_bench.metrics import parse_metrics
+        from sampler_bench.metrics import parse_feature_weights, parse_metrics
+        from sampler_bench.metrics.uncertainty import SpreadOptions
         from sampler_bench.presets import expand
         from sampler_bench.models.guidance import check_scale
         from sampler_bench.sampling import RunConfig, parse_seeds, run_sample
@@ -75,7 +80,9 @@ def register(app: typer.Typer) -> None:
                         inception_weights=inception_weights, metrics=parse_metrics(metrics),
                         final_step=run["final_step"] or "zero", noise=run["noise"] or "edm-generate", preset=preset,
                         allow_large_nfe=allow_large_nfe, threads=threads, precision=precision, compile=compile_net,
-                        classifier=classifier, guidance_scale=None if guidance_scale is None else check_scale(guidance_scale))
+                        classifier=classifier, guidance_scale=None if guidance_scale is None else check_scale(guidance_scale),
+                        feature_weights=parse_feature_weights(feature_weights),
+                        metric_opts=SpreadOptions.from_dict({"subsets": fid_subsets, "protocol": fid_protocol, "bootstrap": fid_bootstrap}).as_dict())
         with CliProgress(quiet):
             rec = run_sample(cfg, out, overwrite=overwrite, save_images=save_images)
         if as_json:

@@ -38,10 +38,15 @@ class BatchConsumer(Protocol):
 
 
 METRIC_NAMES = {
+    "fid": "Frechet Inception Distance (needs an Inception reference: --fid REF; computed whenever one is given)",
     "kid": "Kernel Inception Distance (with --fid; the reference needs `bench stats --keep-features`)",
     "isc": "Inception Score (with --fid)",
+    "prc": "precision / recall / F-score on Inception features (with --fid; the reference needs `bench stats --keep-features`)",
+    "fd-dinov2": "Frechet distance in DINOv2 feature space (needs a DINOv2 reference: `bench stats --features dinov2`)",
+    "fd-clip": "Frechet distance in CLIP feature space (needs a CLIP reference: `bench stats --features clip`)",
     "pixel-fd": "exact: Frechet distance to the data distribution in pixel space (analytic models; default)",
     "ode-error": "exact: RMS error against the exact PF-ODE solution (analytic models, deterministic solvers; default)",
+    "modes": "exact: mode precision (inside the 99.9% ellipsoid of its component) and mode TV (component masses) (analytic models)",
     "none": "no exact metrics",
 }
 
@@ -62,16 +67,38 @@ def parse_metrics(text: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_feature_weights(items: list[str] | dict | None) -> dict[str, str]:
+    """``["dinov2-vit-l-14=PATH", ...]`` -> {space: PATH} (spaces validated; ``inception`` is --inception-weights)."""
+    from sampler_bench.errors import BenchError
+    from sampler_bench.metrics.extractors import space_of
+
+    if isinstance(items, dict):
+        items = [f"{k}={v}" for k, v in items.items()]
+    out: dict[str, str] = {}
+    for it in items or []:
+        name, sep, path = str(it).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise BenchError(f"--feature-weights '{it}' is not SPACE=PATH; e.g. dinov2-vit-l-14=/path/dinov2_vitl14_pretrain.pth.")
+        sp = space_of(name)
+        if sp.family == "inception":
+            raise BenchError("Inception weights are given with --inception-weights PATH, not --feature-weights.")
+        out[sp.name] = path.strip()
+    return out
+
+
 def check_metrics(cfg, model, spec, opts) -> list[str]:
     """The checks of :func:`build_consumers` that need no weights or reference file (a sweep's
     dry run makes them for every cell); returns the parsed metric names."""
     from sampler_bench.errors import BenchError
     from sampler_bench.metrics.exact import is_analytic
+    from sampler_bench.metrics.fid import FEATURE_METRICS, split_refs
 
     metrics = parse_metrics(cfg.metrics)
-    inception = [m for m in metrics if m in ("kid", "isc")]
-    if inception and not cfg.fid_ref:
-        raise BenchError(f"--metrics {','.join(inception)} needs Inception features; add --fid REF.")
+    feature = [m for m in metrics if m in FEATURE_METRICS]
+    if feature and not split_refs(cfg.fid_ref):
+        raise BenchError(f"--metrics {','.join(feature)} needs reference statistics in its feature space; add --fid REF (see `bench refs`, `bench stats`).")
+    if "modes" in metrics and not hasattr(model, "_component_terms"):
+        raise BenchError(f"--metrics modes needs an analytic mixture model (gmm, gaussian); model '{cfg.model}' has no exact components.")
     exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
     if exact and not is_analytic(model):
         raise BenchError(f"--metrics {','.join(exact)} needs an analytic model (gmm, gaussian); model '{cfg.model}' has no exact data distribution.")
@@ -83,23 +110,35 @@ def check_metrics(cfg, model, spec, opts) -> list[str]:
 def build_consumers(cfg, model, spec, opts, sigmas) -> list[BatchConsumer]:
     """The metric consumers a run asks for, built (weights and reference resolved) before sampling.
 
-    - ``cfg.fid_ref``: FID on the fly (+ ``kid``/``isc`` from ``cfg.metrics``);
+    - ``cfg.fid_ref``: one reference per feature space (comma-separated): FID / FD-DINOv2 / FD-CLIP on
+      the fly, each with its spread (``cfg.metric_opts``), + ``kid``/``isc``/``prc`` from ``cfg.metrics``;
     - analytic models: ``pixel-fd`` and (deterministic solvers) ``ode-error`` by default; an explicit
       ``cfg.metrics`` naming either selects exactly those, ``none`` turns them off.
     """
     metrics = check_metrics(cfg, model, spec, opts)
     consumers: list[BatchConsumer] = []
-    inception = [m for m in metrics if m in ("kid", "isc")]
-    if cfg.fid_ref:
-        from sampler_bench.metrics.fid import FIDConsumer, check_inception_metrics
-        from sampler_bench.metrics.inception import get_extractor
-        from sampler_bench.metrics.refs import load_ref
+    from sampler_bench.metrics.fid import FEATURE_METRICS, FeatureMetricsConsumer, plan_feature_metrics, split_refs
 
-        ref = load_ref(cfg.fid_ref, want_features="kid" in metrics)
-        check_inception_metrics(inception, ref)
-        ext = get_extractor(cfg.inception_weights, device=cfg.device, batch_size=max(1, min(cfg.batch, 256)))
-        consumers.append(FIDConsumer(ref, ext, inception))
+    refs = split_refs(cfg.fid_ref)
+    feature = [m for m in metrics if m in FEATURE_METRICS]
+    if refs:
+        from sampler_bench.metrics.extractors import get_space_extractor
+        from sampler_bench.metrics.uncertainty import SpreadOptions
+
+        spread = SpreadOptions.from_dict(getattr(cfg, "metric_opts", None))
+        plans = plan_feature_metrics(refs, feature)
+        weights = dict(getattr(cfg, "feature_weights", None) or {})
+        built = []
+        for p in plans:
+            w = cfg.inception_weights if p.ref.space == "inception-v3-compat" else weights.get(p.ref.space)
+            built.append((p, get_space_extractor(p.ref.space, w, device=cfg.device, batch_size=max(1, min(cfg.batch, 256)))))
+        consumers.append(FeatureMetricsConsumer(built, len(cfg.seeds), spread))
     from sampler_bench.metrics.exact import ExactMetricsConsumer, fixed_label_of, is_analytic
+
+    if "modes" in metrics:
+        from sampler_bench.metrics.modes import ModeConsumer
+
+        consumers.append(ModeConsumer(model, fixed_label=fixed_label_of(cfg)))
 
     exact = [m for m in metrics if m in ("pixel-fd", "ode-error")]
     stochastic = spec.is_stochastic(opts)

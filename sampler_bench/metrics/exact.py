@@ -165,6 +165,7 @@ class ExactMetricsConsumer:
             floors, _ = pixel_fd_floor(self.model, self.stats.count, self.fixed_label, moments)
             out["pixel_fd_floor"] = float(np.mean(floors))
             out["pixel_fd_floor_std"] = float(np.std(floors, ddof=1)) if len(floors) > 1 else None
+            out["pixel_fd_std"] = out["pixel_fd_floor_std"]  # the run's own noise, as a spread for reports/gates
             out["pixel_fd_target"] = "marginal" if self.fixed_label is None else f"class {self.fixed_label}"
         if self.want_ode and self.count:
             out["ode_rms_error"] = math.sqrt(self.sq_err / self.count)

@@ -140,6 +140,7 @@ class InceptionExtractor:
         self.weights_path, self.weights_source = resolve_weights(weights, allow_download=allow_download)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
+        self.dim = FEATURE_DIM
         net = _build_network(_load_state_dict(self.weights_path), self.weights_path)
         net = net.to(self.device)
         if self.device.type == "cpu":

@@ -6,6 +6,10 @@ Formats read:
 - guided-diffusion's ``VIRTUAL_*.npz``: ``arr_0`` (reference images), ``mu``, ``sigma`` (pool3,
   used) and ``mu_s``, ``sigma_s`` (spatial, for sFID; ignored).
 
+Every reference holds one feature space (``extractor``: ``inception-v3-compat``, ``dinov2-vit-l-14``,
+``clip-vit-b-32``, ...; files without the entry are Inception when 2048-wide, registry entries say
+theirs); :func:`load_ref` refuses a file of another space than the caller's metric needs.
+
 ``--ref NAME`` resolves a registered name to a file in the cache directory, downloading it there
 only when no local file exists; any existing path works too.
 """
@@ -33,7 +37,8 @@ class RefEntry:
     url: str
     summary: str
     dim: int = 2048
-    sha256: str | None = None  # None: not known to us (not verified; the size/shape check still runs)
+    sha256: str | None = None
+    features: str = "inception-v3-compat"  # the feature space the file holds (see metrics.extractors.SPACES)  # None: not known to us (not verified; the size/shape check still runs)
 
     @property
     def filename(self) -> str:
@@ -117,11 +122,52 @@ class RefStats:
     label: str
     num_images: int | None = None
     extractor: str | None = None
-    features: np.ndarray | None = None  # (N, D) float32 when the file carries them (KID)
+    features: np.ndarray | None = None  # (N, D) float32 when the file carries them (KID, precision/recall)
+    space: str = "inception-v3-compat"  # the feature space of mu/sigma (metrics.extractors.SPACES)
 
 
-def load_ref(ref: str, *, dim: int = 2048, allow_download: bool = True, want_features: bool = False) -> RefStats:
-    """Resolve and read reference statistics, checking keys, shapes, dtypes and finiteness."""
+def _file_space(path: Path, label: str, extractor: str | None, dim: int) -> str:
+    """The feature space a reference file holds: its ``extractor`` entry, else the registry's, else Inception by width."""
+    from sampler_bench.metrics.extractors import SPACES
+
+    if extractor is not None:
+        if extractor not in SPACES:
+            raise BenchError(f"reference '{path}' was made with an unknown extractor '{extractor}'; regenerate it with `bench stats --features ...`.")
+        return extractor
+    entry = KNOWN_REFS.get(label)
+    if entry is not None:
+        return entry.features
+    if dim == 2048:
+        return "inception-v3-compat"  # EDM / guided-diffusion / pytorch-fid files carry no extractor name
+    raise BenchError(f"reference '{path}' has {dim}-dimensional statistics and does not say its feature space; "
+                     f"regenerate it with `bench stats SOURCE --features SPACE --out ref.npz`.")
+
+
+def ref_space(ref: str, *, allow_download: bool = True) -> str:
+    """The feature space of a reference (reads only its ``extractor`` and ``mu`` entries)."""
+    path, label = resolve_ref(ref, allow_download=allow_download)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            extractor = str(z["extractor"]) if "extractor" in z.files and z["extractor"].size == 1 else None
+            dim = int(z["mu"].shape[0]) if "mu" in z.files and z["mu"].ndim == 1 else 0
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:100]
+        raise BenchError(f"cannot read reference statistics '{path}' ({type(exc).__name__}: {reason}); the file is corrupt or not an .npz: re-download or regenerate it with `bench stats`.") from None
+    if dim == 0:
+        raise BenchError(f"reference '{path}' has no 'mu' vector; use an EDM fid-refs file, a guided-diffusion VIRTUAL_*.npz or `bench stats` output.")
+    return _file_space(path, label, extractor, dim)
+
+
+def load_ref(ref: str, *, dim: int | None = None, space: str | None = None, allow_download: bool = True,
+             want_features: bool = False, needed_by: str = "FID") -> RefStats:
+    """Resolve and read reference statistics, checking keys, shapes, dtypes, finiteness and feature space.
+
+    ``space``: the feature space the caller needs (default Inception); a file holding another space is refused.
+    """
+    from sampler_bench.metrics.extractors import SPACES, space_of
+
+    want = space_of(space or "inception")
+    dim = dim or want.dim
     path, label = resolve_ref(ref, allow_download=allow_download)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -143,14 +189,20 @@ def load_ref(ref: str, *, dim: int = 2048, allow_download: bool = True, want_fea
     for name, arr in (("mu", mu), ("sigma", sigma)):
         if not np.issubdtype(arr.dtype, np.floating):
             raise BenchError(f"reference '{path}': '{name}' has dtype {arr.dtype}, expected float32/float64; regenerate it with `bench stats`.")
+    if extractor is not None and extractor not in SPACES:
+        raise BenchError(f"reference '{path}' was made with extractor '{extractor}', not one of {', '.join(SPACES)}; regenerate it with `bench stats`.")
+    entry = KNOWN_REFS.get(label)
+    held = extractor or (entry.features if entry is not None else want.name)  # files without a name: checked by shape
+    if held != want.name:
+        short = "inception" if want.name == "inception-v3-compat" else want.name
+        raise BenchError(f"reference '{path}' holds {held} features, but {needed_by} needs {want.name} statistics; "
+                         f"make a matching reference with `bench stats SOURCE --features {short} --out ref.npz`.")
     if mu.shape != (dim,) or sigma.shape != (dim, dim):
         raise BenchError(f"reference '{path}' has mu {mu.shape} and sigma {sigma.shape}; expected ({dim},) and ({dim}, {dim}) "
-                         f"(Inception pool3 statistics); use statistics from the same extractor.")
+                         f"({want.name} statistics); use statistics from the same extractor.")
     mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise BenchError(f"reference '{path}' contains NaN or inf; regenerate it with `bench stats`.")
-    if extractor is not None and extractor != "inception-v3-compat":
-        raise BenchError(f"reference '{path}' was made with extractor '{extractor}', not inception-v3-compat; regenerate it with `bench stats`.")
     if feats is not None and (feats.ndim != 2 or feats.shape[1] != dim):
         raise BenchError(f"reference '{path}': 'features' has shape {feats.shape}, expected (N, {dim}); regenerate it with `bench stats --keep-features`.")
-    return RefStats(mu, sigma, path, label, n, extractor, feats)
+    return RefStats(mu, sigma, path, label, n, extractor, feats, want.name)

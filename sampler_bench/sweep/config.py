@@ -29,7 +29,7 @@ TOP_KEYS = {
     "guidance_scale": "classifier guidance scale >= 0, or a list of scales (a sweep axis)",
     "device": "auto, cpu or cuda",
     "threads": "CPU threads per run (default: OMP_NUM_THREADS, else 1 on CPU)",
-    "metrics": "mapping {fid, names, inception_weights}",
+    "metrics": "mapping {fid, names, inception_weights, feature_weights, subsets, protocol, bootstrap}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
     "gates": "list of quality gates {metric, max|min|max_vs_baseline|min_vs_baseline|max_vs_floor, noise, where} (bench check)",
@@ -37,7 +37,7 @@ TOP_KEYS = {
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch", "classifier", "guidance_scale")
 SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
-METRIC_KEYS = ("fid", "names", "inception_weights")
+METRIC_KEYS = ("fid", "names", "inception_weights", "feature_weights", "subsets", "protocol", "bootstrap")
 INVALID_NFE = ("skip", "error")
 
 
@@ -369,6 +369,28 @@ def _opt_str(ctx: _Ctx, key: str, v: Any, what: str) -> str | None:
     return v
 
 
+def _metric_options(ctx, metrics: dict) -> tuple[dict, dict]:
+    """``metrics: {subsets, protocol, bootstrap, feature_weights}`` -> (RunConfig.metric_opts, RunConfig.feature_weights)."""
+    from sampler_bench.errors import BenchError as _BE
+
+    raw = {k: metrics[k] for k in ("subsets", "protocol", "bootstrap") if k in metrics}
+    for k in ("subsets", "bootstrap"):
+        if k in raw and (isinstance(raw[k], bool) or not isinstance(raw[k], int)):
+            raise ctx.err(f"metrics.{k}", f"{raw[k]!r} is not valid; use an integer.")
+    try:
+        from sampler_bench.metrics import parse_feature_weights
+        from sampler_bench.metrics.uncertainty import SpreadOptions
+
+        opts = SpreadOptions.from_dict(raw).as_dict()
+        fw = metrics.get("feature_weights") or {}
+        if not isinstance(fw, dict):
+            raise _BE(f"{fw!r} is not valid; use a mapping {{SPACE: PATH}}.")
+        weights = parse_feature_weights(fw)
+    except _BE as exc:
+        raise ctx.err("metrics", str(exc).rstrip(".") + ".") from None
+    return opts, weights
+
+
 def _known_metrics() -> list[str] | None:
     """The metric names the metrics layer accepts (``bench sample --metrics``), when it publishes them."""
     try:
@@ -466,7 +488,11 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     for k in metrics:
         if k not in METRIC_KEYS:
             raise ctx.err(f"metrics.{k}", f"unknown key; allowed keys: {', '.join(METRIC_KEYS)}.")
-    fid = _opt_str(ctx, "metrics.fid", metrics.get("fid"), "a reference statistics name (e.g. cifar10-32x32) or a .npz path")
+    fid_raw = metrics.get("fid")
+    if isinstance(fid_raw, list) and all(isinstance(f, str) and f.strip() for f in fid_raw):
+        fid_raw = ",".join(f.strip() for f in fid_raw)  # one reference per feature space
+    fid = _opt_str(ctx, "metrics.fid", fid_raw, "a reference statistics name (e.g. cifar10-32x32), a .npz path, or a list of them (one per feature space)")
+    metric_opts, feature_weights = _metric_options(ctx, metrics)
     extra = metrics.get("names") or []
     if isinstance(extra, str):
         extra = [e.strip() for e in extra.split(",") if e.strip()]
@@ -538,7 +564,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                         fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
                                         final_step=s["final_step"], noise=s["noise"], preset=s["preset"],
                                         allow_large_nfe=allow_large, threads=threads,
-                                        classifier=m["classifier"], guidance_scale=m["guidance_scale"])
+                                        classifier=m["classifier"], guidance_scale=m["guidance_scale"],
+                                        metric_opts=dict(metric_opts), feature_weights=dict(feature_weights))
                         reason = None
                         try:
                             steps_for_nfe(spec, nfe, spec_opts(spec, opts), s["final_step"])
