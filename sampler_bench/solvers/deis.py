@@ -196,17 +196,31 @@ def _multistep(denoise, x, sigmas, coefs):
     return x
 
 
+# The coefficients depend only on the grid (and, for tAB, the model's time map): every batch of a run
+# and every cell of a sweep on the same grid shares them, so they are computed once (the official
+# 10000-point Riemann rule costs about as much as the rest of a solve). The cache keeps the time-map
+# object referenced, so a key can never match another model's map; the values are bit-identical.
+@lru_cache(maxsize=64)
+def _tab_cached(sig: tuple, time_map, order: int, quad: str, quad_points: int) -> tuple:
+    return tuple(tab_coefficients(list(sig), time_map, order, quad, quad_points))
+
+
+@lru_cache(maxsize=64)
+def _rhoab_cached(sig: tuple, order: int, quad: str, quad_points: int) -> tuple:
+    return tuple(rhoab_coefficients(list(sig), order, quad, quad_points))
+
+
 def deis_tab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_points=10000):
     """tAB-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_t_ab``): eps extrapolated in native time t."""
     tm = denoise.time_map
     if tm is None:
         raise BenchError("tAB-DEIS works in the model's native VP time and this model has no time map; use deis-rhoab3 instead.")
-    return _multistep(denoise, x, sigmas, tab_coefficients(sigmas, tm, order, quad, quad_points))
+    return _multistep(denoise, x, sigmas, _tab_cached(tuple(_floats(sigmas)), tm, order, quad, quad_points))
 
 
 def deis_rhoab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_points=10000):
     """rhoAB-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_ab``): Adams-Bashforth in rho = sigma."""
-    return _multistep(denoise, x, sigmas, rhoab_coefficients(sigmas, order, quad, quad_points))
+    return _multistep(denoise, x, sigmas, _rhoab_cached(tuple(_floats(sigmas)), order, quad, quad_points))
 
 
 def ipndm(denoise, x, sigmas, *, noise=None):

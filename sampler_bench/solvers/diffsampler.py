@@ -50,13 +50,17 @@ def ipndm_v_coefficients(sig: list[float], i: int, order: int) -> list[float]:
 
 def ipndm_v(denoise, x, sigmas, *, noise=None, max_order=4):
     """iPNDM-v (diff-sampler): variable-step Adams-Bashforth on d = (x - D)/sigma, warm-up min(i+1, max_order)."""
-    sig = [float(v) for v in sigmas]
+    from sampler_bench.solvers.dpmsolver import lincomb
+
+    sig = [float(v) for v in sigmas]  # one device-to-host copy
     hist: list = []  # d_i, d_{i-1}, ...
     for i in range(len(sig) - 1):
-        hist.insert(0, (x - denoise(x, sig[i])) / sig[i])
+        d = x - denoise(x, sigmas[i])
+        hist.insert(0, d.div_(sig[i]))
         del hist[max_order:]
         w = ipndm_v_coefficients(sig, i, min(max_order, i + 1))
-        x = x + (sig[i + 1] - sig[i]) * sum(wj * dj for wj, dj in zip(w, hist))
+        h = sig[i + 1] - sig[i]
+        x = lincomb([(1.0, x)] + [(h * wj, dj) for wj, dj in zip(w, hist)])  # x + h sum_j w_j d_j, fused
     return x
 
 
