@@ -141,3 +141,22 @@ def test_throughput_script_runs_and_matches_the_edm_loop(tmp_path):
     mod.main(["--size", "tiny", "--batch", "2", "--nfe", "3", "--json", str(tmp_path / "t.json")])
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["same_images"] and rows[0]["ours_img_s"] > 0 and rows[0]["edm_img_s"] > 0
+
+
+def test_sweep_keys_noise_precision_compile(tmp_path):
+    """The GPU-path options as sweep keys: per solver entry `noise`, top-level `precision` and `compile`."""
+    from sampler_bench.errors import BenchError
+    from sampler_bench.sweep import load_sweep
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("models: ['gmm:shape=3x8x8']\nsolvers: [euler, {name: ersde, noise: philox}]\nnfe: [4]\n"
+                   "num: 2\nprecision: bf16\ncompile: true\n")
+    cells = {c.solver: c.cfg for c in load_sweep(cfg, tmp_path / "o").cells}
+    assert cells["euler"].noise == "edm-generate" and cells["ersde"].noise == "philox"
+    assert all(c.precision == "bf16" and c.compile is True for c in cells.values())
+    for text, key in (("solvers: [{name: ersde, noise: xorshift}]", "solvers[0].noise"),
+                      ("solvers: [euler]\nprecision: fp8", "'precision'"),
+                      ("solvers: [euler]\ncompile: maybe", "'compile'")):
+        cfg.write_text("models: ['gmm:shape=3x8x8']\nnfe: [4]\nnum: 2\n" + text + "\n")
+        with pytest.raises(BenchError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            load_sweep(cfg, tmp_path / "o")

@@ -29,6 +29,8 @@ TOP_KEYS = {
     "guidance_scale": "classifier guidance scale >= 0, or a list of scales (a sweep axis)",
     "device": "auto, cpu or cuda",
     "threads": "CPU threads per run (default: OMP_NUM_THREADS, else 1 on CPU)",
+    "precision": "network autocast for every cell: fp32 (default, off), fp16 or bf16",
+    "compile": "true to torch.compile the network in every cell",
     "metrics": "mapping {fid, names, inception_weights, feature_weights, subsets, protocol, bootstrap}",
     "on_invalid_nfe": "skip or error",
     "save_images": "true to also write one PNG per sample",
@@ -36,7 +38,7 @@ TOP_KEYS = {
     "allow_large_nfe": "true to allow NFE above 10,000",
 }
 MODEL_KEYS = ("model", "label", "class_label", "fid", "batch", "classifier", "guidance_scale")
-SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models")
+SOLVER_KEYS = ("name", "label", "opts", "nfe", "schedule", "preset", "final_step", "models", "noise")
 METRIC_KEYS = ("fid", "names", "inception_weights", "feature_weights", "subsets", "protocol", "bootstrap")
 INVALID_NFE = ("skip", "error")
 
@@ -251,6 +253,11 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     final_step = entry.get("final_step", preset.final_step if preset is not None else "zero")
     if final_step not in FINAL_STEPS:
         raise ctx.err(f"{key}.final_step", f"{final_step!r} is not valid; allowed values: {', '.join(FINAL_STEPS)}.")
+    from sampler_bench.sampling import NOISE_STREAMS
+
+    noise = entry.get("noise", preset.noise if preset is not None else "edm-generate")
+    if noise not in NOISE_STREAMS:
+        raise ctx.err(f"{key}.noise", f"{noise!r} is not valid; allowed values: {', '.join(NOISE_STREAMS)}.")
     only = entry.get("models")
     if only is not None and (not isinstance(only, list) or not only or not all(isinstance(m, str) for m in only)):
         raise ctx.err(f"{key}.models", f"{only!r} is not valid; use a list of model labels this entry runs on.")
@@ -265,7 +272,7 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
         "final_step": final_step,
         "explicit_final_step": "final_step" in entry,
         "schedule_from_preset": preset is not None and "schedule" not in entry,
-        "noise": preset.noise if preset is not None else "edm-generate",
+        "noise": noise,
         "models": only,
         "label": None if label is None else str(label),
         "grid": [dict(c) for c in itertools.product(*axes)] if axes else [{}],
@@ -479,6 +486,14 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     schedules = _schedules(ctx, "schedule", raw.get("schedule"))
     class_label = _class_label(ctx, "class_label", raw.get("class_label"))
     threads = None if raw.get("threads") is None else _int(ctx, "threads", raw.get("threads"))
+    from sampler_bench.accel import PRECISIONS
+
+    precision = raw.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ctx.err("precision", f"{precision!r} is not valid; use one of {', '.join(PRECISIONS)}.")
+    compile_net = raw.get("compile", False)
+    if not isinstance(compile_net, bool):
+        raise ctx.err("compile", f"{compile_net!r} is not valid; use true or false.")
     device = raw.get("device", "auto")
     if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
         raise ctx.err("device", f"{device!r} is not valid; use auto, cpu or cuda.")
@@ -563,7 +578,8 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                                         class_label=m.get("class_label", class_label), device=device,
                                         fid_ref=m.get("fid", fid), metrics=cell_metrics, inception_weights=weights,
                                         final_step=s["final_step"], noise=s["noise"], preset=s["preset"],
-                                        allow_large_nfe=allow_large, threads=threads,
+                                        allow_large_nfe=allow_large, threads=threads, precision=precision,
+                                        compile=compile_net,
                                         classifier=m["classifier"], guidance_scale=m["guidance_scale"],
                                         metric_opts=dict(metric_opts), feature_weights=dict(feature_weights))
                         reason = None
