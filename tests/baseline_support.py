@@ -80,3 +80,8 @@ def exact_moments(model, name, nfe, opts=None, schedule="karras", max_draws_per_
     mean = x[0]
     cols = x[1:] - mean
     return mean, cols.T @ cols, noise.calls
+
+
+def close(a, b, tol=1e-12) -> bool:
+    """max |a - b| within ``tol`` relative to max |b| (at least 1): equality to float64 rounding."""
+    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())

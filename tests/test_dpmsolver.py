@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from baseline_support import exact_moments, log_grid, observed_order, run
+from baseline_support import close as _close
 from sampler_bench.errors import BenchError
 from sampler_bench.models.analytic import Gaussian
 from sampler_bench.models.base import F64, BoundDenoiser
@@ -36,9 +37,6 @@ def small():
 def z():
     return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
 
-
-def _close(a, b, tol=1e-12):
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
 
 
 # ---------------------------------------------------------------------------------------------

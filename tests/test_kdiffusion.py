@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from baseline_support import BasisNoise, exact_moments, log_grid, observed_order, run
+from baseline_support import close as _close
 from sampler_bench.models.analytic import Gaussian
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.schedules import make_schedule
@@ -30,9 +31,6 @@ def gauss():
 def z():
     return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
 
-
-def _close(a, b, tol=1e-12):
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
 
 
 class ListNoise:

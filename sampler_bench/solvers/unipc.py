@@ -33,7 +33,7 @@ import numpy as np
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, register
-from sampler_bench.solvers.dpmsolver import lincomb
+from sampler_bench.solvers.dpmsolver import _Model, lincomb
 
 
 def unipc_rhos(rks: list[float], h: float, order: int, data: bool, variant: str) -> tuple[list[float], list[float], float, float]:
@@ -85,15 +85,6 @@ def unipc_update(model, x, ms: list, ss: list[float], t: float, order: int, vari
         return x_t, None
     m_t = model(x_t, t)
     return combo(rhos_c[:-1], [(-scale * rhos_c[-1], m_t)]), m_t
-
-
-class _Model:
-    def __init__(self, denoise, pred: str):
-        self.denoise, self.data = denoise, pred == "data"
-
-    def __call__(self, x, sigma: float):
-        d = self.denoise(x, sigma)
-        return d if self.data else (x - d) / sigma
 
 
 def unipc(denoise, x, sigmas, *, noise=None, order=3, variant="bh1", pred="data", corrector=True, lower_order_final=True):
