@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         """FID (and other feature metrics) of SOURCE against reference statistics; writes metrics.json into a run directory."""
         from sampler_bench.metrics import parse_feature_weights, parse_metrics
         from sampler_bench.metrics.extractors import get_space_extractor
-        from sampler_bench.metrics.fid import FEATURE_METRICS, FeatureAccumulator, fd_key, plan_feature_metrics, split_refs
+        from sampler_bench.metrics.fid import (FEATURE_METRICS, FeatureAccumulator, combined_result, fd_key,
+                                              plan_feature_metrics, split_refs)
         from sampler_bench.metrics.sources import open_source
         from sampler_bench.metrics.uncertainty import SpreadOptions
 
@@ -94,15 +95,7 @@ def register(app: typer.Typer) -> None:
                 for acc in accs:
                     acc.update(b)
                 step(len(b))
-        result: dict = {}
-        warnings: list = []
-        for p, acc in zip(plans, accs):
-            r = acc.result(p.ref)
-            warnings += r.pop("warnings", [])
-            result.update(r)
-            result[f"{fd_key(acc.space)}_weights"] = acc.extractor.weights_source
-        if warnings:
-            result["warnings"] = warnings
+        result = combined_result(list(zip(plans, accs)))
         if src.run_dir is not None:
             merge_run_metrics(src.run_dir, result)
         if as_json:

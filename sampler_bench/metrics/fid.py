@@ -247,13 +247,19 @@ class FeatureMetricsConsumer:
             acc.merge([s[i] for s in states])
 
     def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        warnings: list[str] = []
-        for p, acc in self.items:
-            r = acc.result(p.ref)
-            warnings += r.pop("warnings", [])
-            out.update(r)
-            out[f"{fd_key(acc.space)}_weights"] = acc.extractor.weights_source
-        if warnings:
-            out["warnings"] = warnings
-        return out
+        return combined_result(self.items)
+
+
+def combined_result(items) -> dict[str, Any]:
+    """The metrics of every (plan, accumulator) pair in one record: each space's keys, the weights
+    each extractor used, and all their warnings together under ``warnings``."""
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
+    for p, acc in items:
+        r = acc.result(p.ref)
+        warnings += r.pop("warnings", [])
+        out.update(r)
+        out[f"{fd_key(acc.space)}_weights"] = acc.extractor.weights_source
+    if warnings:
+        out["warnings"] = warnings
+    return out
