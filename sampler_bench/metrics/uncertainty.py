@@ -86,14 +86,13 @@ class SubsetStats:
         self.dim = int(dim)
         self.parts = [FeatureStats(dim) for _ in range(self.k)] if self.k > 1 else []
         self._pooled: FeatureStats | None = None if self.parts else FeatureStats(dim)
-        self.starts: list[list[int]] = [[] for _ in range(max(1, len(self.parts)))]  # run position of each update
         self.seen = 0
 
     @property
     def pooled(self) -> FeatureStats:
         """All rows: with subsets, combined from the blocks on demand (each row is summed once, not twice)."""
         if self._pooled is None:
-            self._pooled = combine_stats([stats_state(p, st) for p, st in zip(self.parts, self.starts)])
+            self._pooled = FeatureStats.combine([p.state() for p in self.parts])
         return self._pooled
 
     def update(self, f: np.ndarray, start: int | None = None) -> None:
@@ -106,59 +105,23 @@ class SubsetStats:
             block = np.minimum(idx * self.k // max(self.total, 1), self.k - 1)
             for j in np.unique(block):
                 sel = block == j
-                self.parts[j].update(f[sel])
-                self.starts[j].append(int(idx[sel][0]))
+                self.parts[j].update(f[sel], int(idx[sel][0]))  # each FeatureStats records its run positions
         else:
-            self._pooled.update(f)
-            self.starts[0].append(start)
+            self._pooled.update(f, start)
         self.seen = start + len(f)
 
     def state(self) -> dict:
         if self.parts:
-            return {"pooled": None, "parts": [stats_state(p, st) for p, st in zip(self.parts, self.starts)]}
-        return {"pooled": stats_state(self._pooled, self.starts[0]), "parts": []}
+            return {"pooled": None, "parts": [p.state() for p in self.parts]}
+        return {"pooled": self._pooled.state(), "parts": []}
 
     def merge(self, states: list[dict]) -> None:
         """Combine the statistics of several processes that each saw some of the run's images (torchrun)."""
         if self.parts:
-            merged = [[s["parts"][j] for s in states] for j in range(len(self.parts))]
-            self.parts = [combine_stats(m) for m in merged]
-            self.starts = [sorted(x for s in m for x in s["starts"]) for m in merged]
+            self.parts = [FeatureStats.combine([s["parts"][j] for s in states]) for j in range(len(self.parts))]
             self._pooled = None
         else:
-            self._pooled = combine_stats([s["pooled"] for s in states])
-            self.starts = [sorted(x for s in states for x in s["pooled"]["starts"])]
-
-
-def stats_state(st: FeatureStats, starts: list[int]) -> dict:
-    """The sums of a :class:`FeatureStats` and the run position of each update (picklable; no images
-    once past ``dim`` rows, d x d at most)."""
-    return {"dim": st.dim, "count": st.count, "sum": st._sum, "rows": st._rows, "outer": st._outer, "starts": list(starts)}
-
-
-def combine_stats(states: list[dict]) -> FeatureStats:
-    """One :class:`FeatureStats` over the rows of several. While every row is kept (at most ``dim``)
-    the updates are replayed in run order: bit-identical to one process that saw them in that order;
-    past that, equal up to float64 summation order."""
-    out = FeatureStats(states[0]["dim"])
-    total = int(sum(s["count"] for s in states))
-    if all(s["rows"] is not None for s in states) and total <= out.dim:
-        for _, r, j in sorted((st, r, j) for r, s in enumerate(states) for j, st in enumerate(s["starts"])):
-            f = states[r]["rows"][j]
-            out.count += len(f)
-            out._sum += f.sum(0)
-            out._rows.append(f)
-        return out
-    out.count = total
-    out._sum = np.sum([s["sum"] for s in states], axis=0)
-    out._rows, out._outer = None, np.zeros((out.dim, out.dim))
-    for s in states:
-        if s["rows"] is not None:
-            X = np.concatenate(s["rows"]) if s["rows"] else np.zeros((0, out.dim))
-            out._outer += X.T @ X
-        else:
-            out._outer += s["outer"]
-    return out
+            self._pooled = FeatureStats.combine([s["pooled"] for s in states])
 
 
 def _fd(stats: FeatureStats, mu, sigma) -> float:
