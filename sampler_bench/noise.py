@@ -22,8 +22,13 @@ import math
 
 import torch
 
-NOISE_STREAMS = {"edm-generate": "per-sample torch.Generator, as EDM's generate.py (reproduces EDM's images)",
-                 "philox": "counter-based per-sample stream, one batched computation per draw (fast on GPU)"}
+#: noise streams a run can name (``RunConfig.noise``): name -> what it is. ``edm-generate``: one
+#: torch.Generator per sample seeded with its seed, latent (float32), label, then each solver draw
+#: (float64, shaped like one sample) in order, as EDM's generate.py StackedRandomGenerator.
+NOISE_STREAMS: dict[str, str] = {
+    "edm-generate": "per-sample torch.Generator (EDM generate.py StackedRandomGenerator): latent, label, then every solver draw",
+    "philox": "counter-based Philox4x32-10 per (seed, draw, element), one batched computation per draw (fast on GPU)",
+}
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85

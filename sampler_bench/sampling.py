@@ -41,7 +41,7 @@ from sampler_bench.schedules import make_schedule, parse_schedule
 from sampler_bench.solvers import check_final_step, get_solver, parse_opts, run_solver, steps_for_nfe
 from sampler_bench.accel import check_precision, network_options
 from sampler_bench.memory import keep_freed_memory
-from sampler_bench.noise import PhiloxNoise, philox_normal, philox_randint
+from sampler_bench.noise import NOISE_STREAMS, PhiloxNoise, philox_normal, philox_randint
 from sampler_bench.threads import check_threads, resolve_threads, thread_count
 
 
@@ -150,15 +150,6 @@ class SeededNoise:
 
     def __call__(self, *_sigmas) -> torch.Tensor:
         return torch.stack([torch.randn(self.shape, generator=g, device=self.device, dtype=F64) for g in self.generators])
-
-
-#: noise streams a run can name (``RunConfig.noise``): name -> what it is. ``edm-generate``: one
-#: torch.Generator per sample seeded with its seed, latent (float32), label, then each solver draw
-#: (float64, shaped like one sample) in order, as EDM's generate.py StackedRandomGenerator.
-NOISE_STREAMS: dict[str, str] = {
-    "edm-generate": "per-sample torch.Generator (EDM generate.py StackedRandomGenerator): latent, label, then every solver draw",
-    "philox": "counter-based Philox4x32-10 per (seed, draw, element), one batched computation per draw (noise.py; fast on GPU)",
-}
 
 
 def check_noise(name: str) -> str:

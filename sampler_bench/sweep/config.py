@@ -253,7 +253,7 @@ def _solver_entry(ctx: _Ctx, key: str, entry: Any) -> dict[str, Any]:
     final_step = entry.get("final_step", preset.final_step if preset is not None else "zero")
     if final_step not in FINAL_STEPS:
         raise ctx.err(f"{key}.final_step", f"{final_step!r} is not valid; allowed values: {', '.join(FINAL_STEPS)}.")
-    from sampler_bench.sampling import NOISE_STREAMS
+    from sampler_bench.noise import NOISE_STREAMS
 
     noise = entry.get("noise", preset.noise if preset is not None else "edm-generate")
     if noise not in NOISE_STREAMS:
