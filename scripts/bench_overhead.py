@@ -109,19 +109,26 @@ def fused_update_floor(shape, device, reps=200, rounds=5):
     return best
 
 
-def time_solver(spec, opts, steps, shape, device):
-    """One timed solve: wall time, time inside denoiser calls, time drawing noise, denoiser calls."""
+def _timed_solve(solve, schedule_of, steps, shape, device):
+    """One timed ``solve(denoise, x, sigmas, noise)`` on the cheap denoiser: wall time, time inside
+    denoiser calls, time drawing noise, denoiser calls."""
     model = HalfDenoiser(shape[1:], device)
-    sigmas = make_schedule(spec.schedule_for(model), steps, model).to(device)
+    sigmas = make_schedule(schedule_of(model), steps, model).to(device)
     gens = [torch.Generator(device).manual_seed(i) for i in range(shape[0])]
     z = torch.randn(shape, dtype=F64, device=device, generator=torch.Generator(device).manual_seed(0))
     bound = TimedDenoiser(model, device)
     noise = TimedNoise(gens, shape[1:], device)
     _sync(device)
     t0 = time.perf_counter()
-    run_solver(spec, bound, z * sigmas[0], sigmas, noise=noise, opts=opts)
+    solve(bound, z * sigmas[0], sigmas, noise)
     _sync(device)
     return {"total": time.perf_counter() - t0, "denoiser": bound.seconds, "noise": noise.seconds, "nfe": bound.calls}
+
+
+def time_solver(spec, opts, steps, shape, device):
+    """One timed solve of a registered solver on its default schedule."""
+    return _timed_solve(lambda d, x, sig, nz: run_solver(spec, d, x, sig, noise=nz, opts=opts),
+                        spec.schedule_for, steps, shape, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,17 +174,8 @@ def _peers():
 
 
 def time_peer(fn, steps, shape, device):
-    model = HalfDenoiser(shape[1:], device)
-    sigmas = make_schedule("karras", steps, model).to(device)
-    gens = [torch.Generator(device).manual_seed(i) for i in range(shape[0])]
-    z = torch.randn(shape, dtype=F64, device=device, generator=torch.Generator(device).manual_seed(0))
-    bound = TimedDenoiser(model, device)
-    noise = TimedNoise(gens, shape[1:], device)
-    _sync(device)
-    t0 = time.perf_counter()
-    fn(bound, z * sigmas[0], sigmas, noise)
-    _sync(device)
-    return {"total": time.perf_counter() - t0, "denoiser": bound.seconds, "noise": noise.seconds, "nfe": bound.calls}
+    """One timed solve of a peer on the karras schedule."""
+    return _timed_solve(fn, lambda _model: "karras", steps, shape, device)
 
 
 def main(argv=None):
