@@ -86,15 +86,7 @@ def main() -> None:
     fdf_tf = time.perf_counter() - t
 
     # torch-fidelity end to end
-    class DS(torch.utils.data.Dataset):
-        def __init__(self, x):
-            self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return self.x[i]
+    from fid_support import ImageDataset as DS
 
     t = time.perf_counter()
     m = torch_fidelity.calculate_metrics(input1=DS(imgs1), input2=DS(imgs2), fid=True, cuda=dev.type == "cuda",

@@ -30,17 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sampler_bench import _compat  # noqa: E402,F401
-
-
-class _DS(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
+from fid_support import ImageDataset  # noqa: E402  (tests/ is on the path above)
 
 
 def _weights(space: str, given: str | None) -> str:
@@ -98,7 +88,7 @@ def bench_space(space: str, weights: str, imgs1, imgs2, batch: int, dev: torch.d
         torch.hub.load, restore = hub_load, real_load
     try:
         t = time.perf_counter()
-        m = torch_fidelity.calculate_metrics(input1=_DS(imgs1), input2=_DS(imgs2), **kwargs)
+        m = torch_fidelity.calculate_metrics(input1=ImageDataset(imgs1), input2=ImageDataset(imgs2), **kwargs)
         t_tf = time.perf_counter() - t
     finally:
         if restore is not None:

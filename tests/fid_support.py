@@ -148,3 +148,17 @@ def random_clip_weights(torchscript: bool = True, full_size: bool = False) -> Pa
     else:
         torch.save(holder.state_dict(), path)
     return path
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """uint8 NHWC images as the NCHW uint8 dataset torch-fidelity's ``calculate_metrics`` reads
+    (the benchmark scripts compare against it on the same images)."""
+
+    def __init__(self, images_nhwc):
+        self.x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
