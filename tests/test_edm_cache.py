@@ -2,11 +2,10 @@
 that is not its registry entry, corrupt or over-long partial downloads, sizes, paths outside the
 cache, non-https URLs, mistyped pins and non-file cache entries."""
 
-import http.server
-import threading
-
 import pytest
 from typer.testing import CliRunner
+
+from http_support import serve
 
 from sampler_bench.cli import app
 from sampler_bench.errors import BenchError
@@ -17,45 +16,14 @@ from sampler_bench.models.registry import MODELS, edm_checkpoint_entry, load_mod
 runner = CliRunner()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    payload = b""
-    ranges: list = []
-
-    def do_GET(self):  # noqa: N802
-        rng = self.headers.get("Range")
-        type(self).ranges.append(rng)
-        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
-        if start >= len(self.payload) and rng:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(self.payload)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = self.payload[start:]
-        self.send_response(206 if rng else 200)
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     net = edm.make_tiny_network("edm", "ddpmpp", resolution=8, label_dim=3, seed=2)
     payload = edm.dumps_edm_pickle(net)
-    handler = type("H", (_Handler,), {"payload": payload, "ranges": []})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
     monkeypatch.setenv("SAMPLER_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SAMPLER_BENCH_OFFLINE", raising=False)
-    yield f"http://127.0.0.1:{srv.server_address[1]}/tiny.pkl", handler, payload, net
-    srv.shutdown()
-    srv.server_close()
+    with serve(payload) as (srv, handler):
+        yield f"http://127.0.0.1:{srv.server_address[1]}/tiny.pkl", handler, payload, net
 
 
 def _one_line_exit_2(*args):

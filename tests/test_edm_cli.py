@@ -1,14 +1,14 @@
 """EDM networks end to end through the CLI (every registered solver), `bench tiny-edm`,
 `bench models`, and the checkpoint cache: resumable download, checksum record/verify, offline use."""
 
-import http.server
 import json
 from pathlib import Path
-import threading
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from http_support import serve
 
 from sampler_bench.cli import app
 from sampler_bench.errors import BenchError
@@ -109,36 +109,11 @@ def test_registry_lists_every_published_network():
     assert MODELS["edm-cifar10-32x32-cond-vp"].kind == "edm"
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    payload = b""
-    ranges: list = []
-
-    def do_GET(self):  # noqa: N802
-        rng = self.headers.get("Range")
-        type(self).ranges.append(rng)
-        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
-        body = self.payload[start:]
-        self.send_response(206 if rng else 200)
-        if rng:
-            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture
 def server(tiny):
     payload = tiny["vp"].read_bytes()
-    handler = type("H", (_RangeHandler,), {"payload": payload, "ranges": []})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield srv, handler, payload
-    srv.shutdown()
-    srv.server_close()
+    with serve(payload) as (srv, handler):
+        yield srv, handler, payload
 
 
 def test_download_resumes_records_and_verifies_checksum(tmp_path, monkeypatch, server):
