@@ -64,30 +64,19 @@ def download_for_config(config: Path) -> None:
                   highlight=False)
 
 
-def before_sweep(sw, shard, config: Path, offline_flag: bool) -> None:
-    """Before a sweep's first cell: with --offline (or SAMPLER_BENCH_OFFLINE) refuse to start when a
-    needed file is missing; then save `bench env` output (with the needs) into OUT/env/."""
+def before_sweep(sw, shard, config: Path, offline_flag: bool):
+    """Before a sweep starts: with --offline (or SAMPLER_BENCH_OFFLINE) refuse to start when a needed
+    file is missing. Returns the callback that saves `bench env` output (with the needs) into
+    OUT/env/; the runner calls it once its own checks passed, so bad input leaves nothing behind."""
     from sampler_bench.cache import offline, set_offline
     from sampler_bench.envinfo import collect, save
-    from sampler_bench.errors import BenchError
     from sampler_bench.needs import missing_error, sweep_needs
-
-    from sampler_bench.sweep import cell_status, preflight
 
     if offline_flag:
         set_offline()
-    # bad input and another config's results there are refused before anything is written
-    preflight(sw, [c for c in sw.shard(shard) if cell_status(sw.out, c) not in ("skipped", "ok")])
     needs = sweep_needs(sw.shard(shard))
     missing = [n for n in needs if not n.present]
     if missing and offline():
         raise missing_error(missing, str(config))
-    from sampler_bench.commands import first_process
-
-    if not first_process():  # under torchrun rank 0 alone writes the results directory
-        return
     tag = f"shard-{shard[0]}-of-{shard[1]}" if shard else "all"
-    try:
-        save(sw.out, tag, collect(needs))
-    except OSError as exc:
-        raise BenchError(f"cannot write into the output directory '{sw.out}': {exc.strerror or exc}; choose another --out.") from None
+    return lambda: save(sw.out, tag, collect(needs))

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             return
         if check and not sw.raw.get("gates"):
             raise BenchError(f"--check: '{config}' has no gates: section; add one (see README, Running in CI) or drop --check.")
-        before_sweep(sw, sh, config, offline)
+        save_env = before_sweep(sw, sh, config, offline)
         prog = CliProgress(quiet, transient=True)  # one cell's phases at a time under the cell counter
         bar = prog.bar
         overall = bar.add_task("cells", total=None)
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
                 err_console.print(tagged("failed", "red", f" {cell.id}: {rec['reason']}"))
 
         with prog:
-            counts = run_sweep(sw, sh, SweepHooks(cell_start=cell_start, cell_end=cell_end))
+            counts = run_sweep(sw, sh, SweepHooks(cell_start=cell_start, cell_end=cell_end, prepared=save_env))
         where = f" (shard {sh[0]}/{sh[1]})" if sh else ""
         console.print(f"sweep '{sw.name}'{where}: {counts['ok']} ran ok, {counts['failed']} failed, "
                       f"{counts['done_before']} already done, {counts['skipped']} skipped (NFE not reachable). "

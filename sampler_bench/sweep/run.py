@@ -11,7 +11,7 @@ from sampler_bench import distributed
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import write_json
 from sampler_bench.sweep.config import Cell, Sweep
-from sampler_bench.sweep.preflight import check_consistent, preflight  # noqa: F401  (check_consistent: public API)
+from sampler_bench.sweep.preflight import preflight
 from sampler_bench.sweep.store import (_fail_record, _ok_record, _skip_record, cell_status, read_record, record_path,
                                        run_dir, write_manifest, write_results)
 
@@ -24,6 +24,9 @@ class SweepHooks:
     samples_start: Callable[[int], None] | None = None
     samples_progress: Callable[[int], None] | None = None
     cell_end: Callable[[Cell, dict[str, Any]], None] | None = None
+    # called on rank 0 once the checks passed and the manifest is written, before any cell (bench
+    # sweep saves `bench env` there); an OSError is reported like a failed manifest write
+    prepared: Callable[[], None] | None = None
 
 
 def _remove_leftovers(out: Path, cell_id: str) -> None:
@@ -59,6 +62,8 @@ def run_sweep(sweep: Sweep, shard: tuple[int, int] | None = None, hooks: SweepHo
     if dist.is_main:
         try:
             write_manifest(sweep)
+            if hooks.prepared:
+                hooks.prepared()
         except OSError as exc:
             err = BenchError(f"cannot write into the output directory '{sweep.out}': {exc.strerror or exc}; choose another --out.")
     dist.agree(err)
