@@ -106,16 +106,11 @@ def _plain(obj):
     return str(obj)
 
 
-def first_process() -> bool:
-    """False on the other ranks of a torchrun job (RANK > 0): they leave printing and CI files to rank 0."""
-    return is_main_process()
-
-
 def print_json(obj) -> None:
     """``--json``: exactly one JSON object on stdout, one line, nothing else (messages go to stderr)."""
     import json
 
-    if not first_process():
+    if not is_main_process():  # other torchrun ranks print nothing
         return
     sys.stdout.write(json.dumps(_plain(obj)) + "\n")
     sys.stdout.flush()

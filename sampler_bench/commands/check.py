@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from sampler_bench.commands import console, err_console, first_process, print_json, tagged, user_errors
+from sampler_bench.commands import console, err_console, print_json, tagged, user_errors
+from sampler_bench.distributed import is_main_process
 
 
 def report_check(res, *, as_json: bool = False) -> int:
@@ -49,7 +50,7 @@ def check_and_write(results: Path, baseline, gates, junit, benchmark_json, summa
     from sampler_bench.sweep.check import run_check, write_outputs
 
     res = run_check(results, baseline=baseline, gates_file=gates, shard=shard)
-    if not first_process():  # under torchrun every rank gets the verdict; rank 0 alone writes and prints
+    if not is_main_process():  # under torchrun every rank gets the verdict; rank 0 alone writes and prints
         return 0 if res.passed else 1
     written = write_outputs(res, junit=junit, benchmark_json=benchmark_json, summary=summary)
     code = report_check(res, as_json=as_json)
