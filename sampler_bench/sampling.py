@@ -30,7 +30,7 @@ import torch
 from sampler_bench import __version__, distributed
 from sampler_bench.errors import BenchError
 from sampler_bench.fileio import atomic_dir, write_json, write_npz, write_png
-from sampler_bench.images import make_grid, quantize
+from sampler_bench.images import make_grid
 from sampler_bench.metrics import SampleBatch, build_consumers
 from sampler_bench.models.base import F64, BoundDenoiser, Denoiser
 from sampler_bench.models.registry import apply_guidance, load_model, resolve_device
@@ -43,6 +43,7 @@ from sampler_bench.accel import check_precision, network_options
 from sampler_bench.memory import keep_freed_memory
 from sampler_bench.noise import NOISE_STREAMS, PhiloxNoise, philox_normal, philox_randint
 from sampler_bench.threads import check_threads, resolve_threads, thread_count
+from sampler_bench.transfer import HostCopy, pipeline_depth, start_host_copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +234,32 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
 def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleBatch, int]:
     """Sample one batch of seeds (``start``: the position of its first seed in the run); return the
     :class:`SampleBatch` and the denoiser calls it took."""
+    return launch_batch(plan, bseeds, start).finish()
+
+
+@dataclass
+class LaunchedBatch:
+    """A batch whose solver has been launched and whose host copies are under way (transfer.py)."""
+
+    plan: Plan
+    seeds: list[int]
+    start: int
+    z: torch.Tensor
+    x: torch.Tensor
+    copy: HostCopy
+    calls: int
+
+    def finish(self) -> tuple[SampleBatch, int]:
+        """Wait for the host copies; refuse a non-finite batch; return it and its denoiser calls."""
+        c = self.copy.wait()
+        if not bool(c.finite):
+            raise BenchError(f"solver '{self.plan.spec.name}' produced non-finite samples at NFE {self.plan.cfg.nfe}; try more NFE or another schedule.")
+        return SampleBatch(list(self.seeds), c.labels, self.z, self.x, c.images, self.start), self.calls
+
+
+def launch_batch(plan: Plan, bseeds: list[int], start: int = 0) -> LaunchedBatch:
+    """Run the solver on one batch and start copying its images to the host; on CUDA this returns
+    as soon as the work is queued (no host sync), so the caller can handle the previous batch."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
     if plan.cfg.noise == "philox":  # noise.py: one batched computation per draw, batch-size independent
@@ -260,10 +287,7 @@ def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleB
                            noise=noise, opts=plan.opts, final_step=plan.final_step)
         if c0 is not None:
             plan.classifier_calls.append(model.classifier_calls - c0)
-    if not bool(torch.isfinite(x).all()):
-        raise BenchError(f"solver '{plan.spec.name}' produced non-finite samples at NFE {plan.cfg.nfe}; try more NFE or another schedule.")
-    batch = SampleBatch(list(bseeds), None if labels is None else labels.cpu(), z, x, quantize(x).cpu(), start)
-    return batch, bound.calls
+    return LaunchedBatch(plan, list(bseeds), start, z, x, start_host_copy(x, labels), bound.calls)
 
 
 STEP_PROGRESS_NFE = 100  # from this NFE on, each batch also reports its denoiser calls
@@ -283,12 +307,18 @@ class _ReportingDenoiser(BoundDenoiser):
 
 
 def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | None = None):
-    """Yield one :class:`SampleBatch` per batch of ``seeds`` and the denoiser calls it took."""
-    for start in range(0, len(seeds), plan.cfg.batch):
-        batch, calls = sample_batch(plan, seeds[start: start + plan.cfg.batch], start)
-        if on_progress:
-            on_progress(len(batch.seeds))
-        yield batch, calls
+    """Yield one :class:`SampleBatch` per batch of ``seeds`` and the denoiser calls it took, in order;
+    on CUDA the next batch is launched before one is yielded (transfer.py)."""
+    depth = pipeline_depth(plan.device)
+    in_flight: list[LaunchedBatch] = []
+    starts = list(range(0, len(seeds), plan.cfg.batch))
+    for n, start in enumerate(starts):
+        in_flight.append(launch_batch(plan, seeds[start: start + plan.cfg.batch], start))
+        while in_flight and (len(in_flight) > depth or n == len(starts) - 1):
+            batch, calls = in_flight.pop(0).finish()
+            if on_progress:
+                on_progress(len(batch.seeds))
+            yield batch, calls
 
 
 def preset_record(cfg: RunConfig) -> dict[str, Any] | None:
@@ -481,32 +511,29 @@ def _sample_into(plan: Plan, consumers, tmp: Path, dist, save_images: bool,
 
 def _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels, calls, starts, rounds,
             adv_samples, adv_metrics) -> float:
-    """The sampling rounds of :func:`_sample_into`: round r is batch ``r*world + rank`` on each rank.
-    Returns the time spent in metric consumers."""
+    """The sampling rounds of :func:`_sample_into`: round r launches batch ``r*world + rank`` on each
+    rank and handles the batches launched ``depth`` rounds before (transfer.py: on CUDA depth 1, so a
+    batch's files and metric inputs are written while the next one computes; on CPU depth 0). The
+    last ``depth`` rounds only drain. Returns the time spent in metric consumers."""
     cfg = plan.cfg
+    depth = pipeline_depth(plan.device)
     metrics_time = 0.0
-    for r in range(rounds):
+    in_flight: list[LaunchedBatch] = []
+    for r in range(rounds + depth):
         k = r * dist.world + dist.rank
         done = 0
         err = None
         try:
-            if k < len(starts):
+            if r < rounds and k < len(starts):
                 i = starts[k]
-                batch, ncalls = sample_batch(plan, cfg.seeds[i: i + cfg.batch], i)
-                b = len(batch.seeds)
-                images[i: i + b] = batch.images.numpy()
-                if batch.labels is not None:
-                    labels[i: i + b] = batch.labels.numpy()
-                if save_images:
-                    for j, seed in enumerate(batch.seeds):
-                        write_png(tmp / "images" / f"{seed:06d}.png", images[i + j])
-                t_m = time.perf_counter()
-                for cons in consumers:
-                    cons.update(batch)
-                metrics_time += time.perf_counter() - t_m
+                in_flight.append(launch_batch(plan, cfg.seeds[i: i + cfg.batch], i))
+            while in_flight and (len(in_flight) > depth or r >= rounds):
+                batch, ncalls = in_flight.pop(0).finish()
+                metrics_time += _handle(batch, consumers, tmp, save_images, images, labels)
                 calls.append(ncalls)
-                done = b
+                done += len(batch.seeds)
         except Exception as exc:  # noqa: BLE001 -- every rank stops at this round's end
+            in_flight.clear()
             err = exc
         dist.agree(err)
         k_all = sum(dist.all_gather_object(done)) if dist.enabled else done
@@ -516,6 +543,22 @@ def _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels
         if on_progress:
             on_progress(k_all)
     return metrics_time
+
+
+def _handle(batch: SampleBatch, consumers, tmp: Path, save_images: bool, images, labels) -> float:
+    """Write one finished batch into the run being built and feed it to the metric consumers;
+    return the time the consumers took."""
+    i, b = batch.start, len(batch.seeds)
+    images[i: i + b] = batch.images.numpy()
+    if batch.labels is not None:
+        labels[i: i + b] = batch.labels.numpy()
+    if save_images:
+        for j, seed in enumerate(batch.seeds):
+            write_png(tmp / "images" / f"{seed:06d}.png", images[i + j])
+    t_m = time.perf_counter()
+    for cons in consumers:
+        cons.update(batch)
+    return time.perf_counter() - t_m
 
 
 def _finish_run(plan: Plan, consumers, tmp: Path, labels: np.ndarray, calls: list[int], wall: float,

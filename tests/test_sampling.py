@@ -242,3 +242,89 @@ def test_identity_canonicalises_solver_options():
     assert a == b
     assert a != c
     assert a["opts"] == {"eta": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipelined loop (transfer.py): on CUDA batch k is handled while batch k+1 computes
+# ------------------------------------------------------------------------------------------------
+
+
+def _same_run(a, b):
+    da, db = load(a), load(b)
+    assert da.keys() == db.keys()
+    for k in da:
+        assert np.array_equal(da[k], db[k]), k
+    ra, rb = (json.loads((d / "run.json").read_text()) for d in (a, b))
+    assert ra["config"] == rb["config"] and ra["nfe_counted"] == rb["nfe_counted"]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    drop = lambda m: {k: v for k, v in m.items() if not k.endswith("time_s")}  # noqa: E731
+    assert drop(ma) == drop(mb)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_pipelined_loop_writes_the_same_run(tmp_path, monkeypatch, depth):
+    """Handling each batch ``depth`` rounds after its launch (as on CUDA) changes nothing in the run:
+    the same images, labels, latents, metrics and call counts, and progress still adds up to N."""
+    import sampler_bench.sampling as sampling
+
+    c = cfg(nfe=7, seeds=list(range(7)), batch=2, class_label="random", solver="ersde")
+    run_sample(c, tmp_path / "serial", save_images=True)
+    seen: list[int] = []
+    monkeypatch.setattr(sampling, "pipeline_depth", lambda device: depth)
+    launched, finished = [], []
+    real_launch, real_finish, real_handle = sampling.launch_batch, sampling.LaunchedBatch.finish, sampling._handle
+    monkeypatch.setattr(sampling, "launch_batch", lambda plan, s, i: launched.append(i) or real_launch(plan, s, i))
+    monkeypatch.setattr(sampling.LaunchedBatch, "finish", lambda self: finished.append(self.start) or real_finish(self))
+    order = []
+    monkeypatch.setattr(sampling, "_handle", lambda batch, *a: order.append((list(launched), batch.start)) or real_handle(batch, *a))
+    run_sample(c, tmp_path / "piped", save_images=True, on_progress=seen.append)
+    _same_run(tmp_path / "serial", tmp_path / "piped")
+    for sub in ("serial", "piped"):
+        assert sorted(p.name for p in (tmp_path / sub / "images").iterdir()) == [f"{s:06d}.png" for s in range(7)]
+    assert launched == finished == [0, 2, 4, 6] and sum(seen) == 7
+    # batch k is handled only once batch k+depth has been launched (or every batch has)
+    for was_launched, start in order:
+        k = start // 2
+        assert len(was_launched) == min(k + 1 + depth, 4)
+
+
+def test_pipelined_loop_refuses_a_non_finite_batch_and_leaves_nothing(tmp_path, monkeypatch):
+    import sampler_bench.sampling as sampling
+
+    monkeypatch.setattr(sampling, "pipeline_depth", lambda device: 1)
+    real = sampling.run_solver
+    n = []
+
+    def nan_on_second(*a, **k):
+        x = real(*a, **k)
+        n.append(1)
+        return x * float("nan") if len(n) == 2 else x
+
+    monkeypatch.setattr(sampling, "run_solver", nan_on_second)
+    with pytest.raises(BenchError, match="produced non-finite samples at NFE 5; try more NFE"):
+        run_sample(cfg(batch=2, seeds=list(range(6))), tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_host_copy_on_cpu():
+    from sampler_bench.transfer import pipeline_depth, start_host_copy
+
+    x = torch.linspace(-1.2, 1.2, 2 * 3 * 4 * 4, dtype=torch.float64).reshape(2, 3, 4, 4)
+    c = start_host_copy(x, torch.tensor([3, 1])).wait()
+    assert torch.equal(c.images, quantize(x)) and c.labels.tolist() == [3, 1] and bool(c.finite)
+    x[1, 2, 0, 0] = float("inf")
+    assert not bool(start_host_copy(x, None).wait().finite)
+    assert pipeline_depth(torch.device("cpu")) == 0 and pipeline_depth(torch.device("cuda", 0)) == 1
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_generate_yields_every_batch_in_order_whatever_the_depth(monkeypatch, depth):
+    import sampler_bench.sampling as sampling
+
+    plan = plan_run(cfg(seeds=list(range(7)), batch=2, solver="edm"))
+    serial = [(b.start, b.images, n) for b, n in generate(plan, list(range(7)))]
+    monkeypatch.setattr(sampling, "pipeline_depth", lambda device: depth)
+    seen: list[int] = []
+    piped = [(b.start, b.images, n) for b, n in generate(plan, list(range(7)), on_progress=seen.append)]
+    assert [s for s, _, _ in piped] == [0, 2, 4, 6] and seen == [2, 2, 2, 1]
+    assert all(a[0] == b[0] and torch.equal(a[1], b[1]) and a[2] == b[2] for a, b in zip(serial, piped))

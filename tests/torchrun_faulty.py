@@ -10,7 +10,7 @@ import signal
 from sampler_bench import sampling
 from sampler_bench.cli import main
 
-_real = sampling.sample_batch
+_real = sampling.launch_batch
 _seen = [0]
 
 
@@ -23,5 +23,5 @@ def _faulty(plan, bseeds, start=0):
     return _real(plan, bseeds, start)
 
 
-sampling.sample_batch = _faulty
+sampling.launch_batch = _faulty
 main()
