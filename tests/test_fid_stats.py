@@ -98,3 +98,36 @@ def test_too_few_rows_and_warning():
     assert few_images_warning(50000, 2048) is None
     with pytest.raises(BenchError, match="same feature extractor"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_factor_cov_paths_equal_dense():
+    """F F^T + c I (an analytic model's exact covariance) against every other form: the same distance
+    as with the dense matrices, whichever side it is on."""
+    from sampler_bench.metrics.stats import FactorCov
+
+    rng = np.random.default_rng(5)
+    d = 40
+    fc = FactorCov(rng.normal(size=(d, 7)) / 3, 0.04)
+    dense_f = fc.F @ fc.F.T + 0.04 * np.eye(d)
+    assert np.allclose(fc.dense(), dense_f, rtol=0, atol=1e-15) and fc.trace() == pytest.approx(np.trace(dense_f), rel=1e-14)
+    m1, m2 = rng.normal(size=d), rng.normal(size=d)
+    for other in (LowRankCov(rng.normal(size=(12, d)) / 4), _rand_spd(rng, d), FactorCov(rng.normal(size=(d, 5)), 0.1)):
+        other_dense = other.dense() if isinstance(other, FactorCov) else other  # a LowRankCov stays: its dense form is singular
+        want = frechet_distance(m1, dense_f, m2, other_dense)
+        assert frechet_distance(m1, fc, m2, other) == pytest.approx(want, rel=1e-11)
+        assert frechet_distance(m2, other, m1, fc) == pytest.approx(want, rel=1e-11)
+    with pytest.raises(BenchError, match="dimension"):
+        frechet_distance(m1, fc, m2[:-1], np.eye(d - 1))
+
+
+def test_analytic_cov_factor_is_the_data_covariance():
+    import torch
+
+    from sampler_bench.models.analytic import GaussianMixture
+
+    m = GaussianMixture(num_classes=3, per_class=2, shape=(2, 4, 4), rank=3)
+    for label in (None, 1):
+        mean, cov = m.data_moments(label)
+        mean_f, F, c = m.data_cov_factor(label)
+        assert torch.equal(mean, mean_f)
+        assert torch.allclose(F @ F.T + c * torch.eye(m.d, dtype=torch.float64), cov, rtol=0, atol=1e-15)

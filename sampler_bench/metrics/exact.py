@@ -29,7 +29,7 @@ import torch
 
 from sampler_bench.metrics.exact_cache import cached, model_fingerprint
 from sampler_bench.metrics.reference_ode import reference_ode_solve
-from sampler_bench.metrics.stats import FeatureStats, frechet_distance
+from sampler_bench.metrics.stats import FactorCov, FeatureStats, frechet_distance
 
 F64 = torch.float64
 EXACT_METRICS = {"pixel-fd": "Frechet distance to the exact data distribution in pixel space (analytic models)",
@@ -37,6 +37,11 @@ EXACT_METRICS = {"pixel-fd": "Frechet distance to the exact data distribution in
 
 
 def _moments_np(model, label):
+    """Exact data mean and covariance as float64 numpy; the covariance as a :class:`FactorCov` when
+    the model gives one (its Frechet distance then never forms a d x d matrix)."""
+    if hasattr(model, "data_cov_factor"):
+        mu, fac, iso = model.data_cov_factor(label)
+        return mu.detach().cpu().numpy().astype(np.float64), FactorCov(fac.detach().cpu().numpy().astype(np.float64), float(iso))
     mu, cov = model.data_moments(label)
     return mu.detach().cpu().numpy().astype(np.float64), cov.detach().cpu().numpy().astype(np.float64)
 
@@ -68,7 +73,7 @@ def data_floor_stats(model, n: int, label: int | None, seed: int = 12345) -> Fea
 
 
 REF_VERSION = "dopri54-subspace-v1"  # part of the reference's cache key: bump when the solve changes
-_MOMENTS: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()  # a 3072^2 covariance is 75 MB: keep 2
+_MOMENTS: "OrderedDict[tuple, tuple]" = OrderedDict()  # (mean, covariance); a dense 3072^2 covariance is 75 MB: keep 2
 
 
 def data_moments_np(model, label: int | None):

@@ -8,7 +8,9 @@ side is positive definite, ``R S2 R`` with ``R = S1^(1/2)`` from ``eigh``), so t
 real and are clipped at 0 before the square root. When a covariance comes
 from fewer rows than dimensions it is kept as a factor ``S = A^T A`` (A: m x d, m <= d) and the
 trace is taken from the m x m matrix ``A S2 A^T`` (same non-zero eigenvalues), or, when both sides
-are factors, from the singular values of ``A1 A2^T``. All of these are exact, not approximations.
+are factors, from the singular values of ``A1 A2^T``. A covariance ``F F^T + c I`` with few columns
+(:class:`FactorCov`, an analytic model's exact data covariance) against a factor ``A^T A`` uses the
+m x m matrix ``(A F)(A F)^T + c A A^T``. All of these are exact, not approximations.
 
 :class:`FeatureStats` accumulates features batch by batch: while it has seen at most ``dim`` rows
 it keeps them (memory n x d), after that it folds them into ``count``, ``sum`` and the outer-product
@@ -41,7 +43,28 @@ class LowRankCov:
         return self.A.T @ self.A
 
 
-Cov = "np.ndarray | LowRankCov"
+@dataclass
+class FactorCov:
+    """A covariance ``F F^T + c I`` held by its factor ``F`` (d x p, float64) and ``c >= 0`` (e.g. an
+    analytic mixture's exact data covariance: p = components x (rank + 1) << d)."""
+
+    F: np.ndarray
+    c: float
+
+    @property
+    def dim(self) -> int:
+        return self.F.shape[0]
+
+    def trace(self) -> float:
+        return float(np.einsum("ij,ij->", self.F, self.F)) + self.c * self.dim
+
+    def dense(self) -> np.ndarray:
+        S = self.F @ self.F.T
+        S.flat[:: self.dim + 1] += self.c
+        return S
+
+
+Cov = "np.ndarray | LowRankCov | FactorCov"
 
 
 def _psd_sqrt(S: np.ndarray) -> np.ndarray:
@@ -54,6 +77,16 @@ def trace_sqrt_product(S1, S2, sqrt_S1: np.ndarray | None = None) -> float:
 
     ``sqrt_S1`` may pass a precomputed ``S1^(1/2)`` (e.g. of a fixed reference) to skip one eigh.
     """
+    if isinstance(S1, FactorCov) and isinstance(S2, LowRankCov):
+        S1, S2, sqrt_S1 = S2, S1, None
+    if isinstance(S1, LowRankCov) and isinstance(S2, FactorCov):
+        # A (F F^T + c I) A^T = (A F)(A F)^T + c A A^T: m x m, never d x d
+        G = S1.A @ S2.F
+        M = G @ G.T + S2.c * (S1.A @ S1.A.T)
+        ev = np.linalg.eigvalsh((M + M.T) / 2)
+        return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+    S1 = S1.dense() if isinstance(S1, FactorCov) else S1
+    S2 = S2.dense() if isinstance(S2, FactorCov) else S2
     if isinstance(S1, LowRankCov) and isinstance(S2, LowRankCov):
         return float(np.linalg.svd(S1.A @ S2.A.T, compute_uv=False).sum())
     if isinstance(S2, LowRankCov) and not isinstance(S1, LowRankCov):
@@ -79,17 +112,17 @@ def trace_sqrt_product(S1, S2, sqrt_S1: np.ndarray | None = None) -> float:
 
 
 def _trace(S) -> float:
-    return S.trace() if isinstance(S, LowRankCov) else float(np.trace(S))
+    return S.trace() if isinstance(S, (LowRankCov, FactorCov)) else float(np.trace(S))
 
 
 def frechet_distance(mu1, S1, mu2, S2, sqrt_S1: np.ndarray | None = None) -> float:
     """Frechet distance between N(mu1, S1) and N(mu2, S2) in float64 (FID, Heusel et al. 2017, eq. 6)."""
     mu1 = np.asarray(mu1, np.float64)
     mu2 = np.asarray(mu2, np.float64)
-    S1 = S1 if isinstance(S1, LowRankCov) else np.asarray(S1, np.float64)
-    S2 = S2 if isinstance(S2, LowRankCov) else np.asarray(S2, np.float64)
-    d1 = S1.dim if isinstance(S1, LowRankCov) else S1.shape[0]
-    d2 = S2.dim if isinstance(S2, LowRankCov) else S2.shape[0]
+    S1 = S1 if isinstance(S1, (LowRankCov, FactorCov)) else np.asarray(S1, np.float64)
+    S2 = S2 if isinstance(S2, (LowRankCov, FactorCov)) else np.asarray(S2, np.float64)
+    d1 = S1.dim if isinstance(S1, (LowRankCov, FactorCov)) else S1.shape[0]
+    d2 = S2.dim if isinstance(S2, (LowRankCov, FactorCov)) else S2.shape[0]
     if not (mu1.shape == mu2.shape == (d1,) and d1 == d2):
         raise BenchError(f"cannot compare statistics of dimension {mu1.shape[0]} (cov {d1}) with {mu2.shape[0]} (cov {d2}); both sides must come from the same feature extractor.")
     diff = mu1 - mu2

@@ -122,6 +122,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+_BROADCAST_ELEMENTS = 1 << 21  # up to this many B x K x d elements, |x - mu_k|^2 is one broadcast pass
+
+
 class GaussianMixture(Denoiser):
     """Class-conditional mixture of low-rank + isotropic Gaussians with exact denoiser (float64).
 
@@ -206,8 +209,9 @@ class GaussianMixture(Denoiser):
         """Per-component log N(x; mu_k, Sigma_k + sigma^2 I) (unnormalised by pi): (B, K), and the
         low-rank coordinates ``proj = U_k^T (x - mu_k)``: (B, K, r), the flattened ``x`` and ``sigma^2``.
 
-        Never builds a batch x components x pixels tensor: ``|x - mu_k|^2`` is reduced one component
-        at a time (a B x d buffer, no cancellation), the projections are one matmul on ``U_cat``.
+        Never builds a large batch x components x pixels tensor: ``|x - mu_k|^2`` is reduced one
+        component at a time (a B x d buffer, no cancellation), or in one broadcast pass when B x K x d
+        is small (the reduced mixture); the projections are one matmul on ``U_cat``.
         """
         b = x.shape[0]
         kn, r = self.mu_U.shape
@@ -215,6 +219,8 @@ class GaussianMixture(Denoiser):
         s2 = self._sig2(sigma, b).reshape(b, 1)  # (B,1)
         if xf.requires_grad and torch.is_grad_enabled():  # autograd (tests): out= is not differentiable
             sq = torch.stack([(xf - self.mu[k]).square().sum(1) for k in range(kn)], 1)
+        elif b * kn * self.d <= _BROADCAST_ELEMENTS:  # small (the reduced mixture of subspace()): one pass
+            sq = torch.linalg.vector_norm(xf.unsqueeze(1) - self.mu, dim=2).square_()
         else:
             sq = torch.empty(b, kn, dtype=F64, device=xf.device)
             buf = torch.empty_like(xf)
@@ -271,6 +277,17 @@ class GaussianMixture(Denoiser):
         """
         b = x.shape[0]
         labels = self._check_labels(labels, b)
+        q, red = self.subspace()
+        if q is not None and not (x.requires_grad and torch.is_grad_enabled()):
+            # exact reduction (subspace()): weights and denoiser of Q^T x in the reduced mixture, the
+            # rest of x only shrinks: D = Q D_red + a (x - Q Q^T x) = a x + Q (D_red - a Q^T x).
+            # Two (B, d) x (d, m) products instead of K passes over B x d.
+            xf = x.reshape(b, self.d).to(F64)
+            xq = xf @ q
+            d_red, w = red.posterior_denoise(xq, sigma, labels)
+            shrink = self.iso_var / (self.iso_var + self._sig2(sigma, b).reshape(b, 1))
+            d = torch.addmm(xf * shrink, d_red.sub_(xq * shrink), q.T)
+            return d.reshape(x.shape), w
         logp, proj, xf, s2 = self._component_terms(x, sigma)
         logw = logp + self.log_pi
         mask = self._mask(labels, b)
@@ -333,6 +350,17 @@ class GaussianMixture(Denoiser):
 
     def data_moments(self, labels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact mean (d,) and covariance (d, d) of the data (of one class when ``labels`` is given)."""
+        mean, fac, n = self._data_factor(labels)
+        cov = (fac @ fac.T) / n
+        cov.diagonal().add_(self.iso_var)
+        return mean, cov
+
+    def data_cov_factor(self, labels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Exact mean (d,) and covariance as ``F F^T + c I``: ``(mean, F, c)``, F of d x K (r + 1)."""
+        mean, fac, n = self._data_factor(labels)
+        return mean, fac / math.sqrt(n), self.iso_var
+
+    def _data_factor(self, labels):
         idx = torch.arange(self.n_components, device=self.mu.device)
         if labels is not None:
             idx = idx[self.comp_class == int(labels)]
@@ -340,9 +368,7 @@ class GaussianMixture(Denoiser):
         mean = mu.mean(0)
         # sum_k U_k diag(s_k) U_k^T + (mu_k - mean)(mu_k - mean)^T as one product B B^T, B = [U_k s_k^1/2, mu_k - mean]
         fac = torch.cat([(U * s.sqrt().unsqueeze(1)).permute(1, 0, 2).reshape(self.d, -1), (mu - mean).T], 1)
-        cov = (fac @ fac.T) / len(idx)
-        cov.diagonal().add_(self.iso_var)
-        return mean, cov
+        return mean, fac, len(idx)
 
 
 class Gaussian(GaussianMixture):
