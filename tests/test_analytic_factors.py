@@ -120,3 +120,18 @@ def test_reference_ode_matches_a_full_dense_solve(gmm, noisy, monkeypatch):
     slow, evals_slow = reference_ode_solve(gmm, x, 80.0, labels)
     assert evals > 20 and evals_slow > 20
     assert float((fast - slow).pow(2).mean().sqrt()) <= 1e-6  # both within ~1e-7 of the true solution
+
+
+@pytest.mark.parametrize("reduced", [True, False], ids=["subspace", "full"])
+def test_denoiser_rows_do_not_depend_on_the_batch(gmm, reduced, monkeypatch):
+    """Sample i's D(x_i) is bit-identical whatever rows come with it (BLAS would otherwise round a row
+    differently for another batch size): the analytic models' run identity leaves the batch size out."""
+    if not reduced:
+        monkeypatch.setattr(gmm, "subspace", lambda: (None, gmm))
+    x = torch.randn(70, *gmm.image_shape, generator=torch.Generator().manual_seed(1), dtype=F64) * 1.5
+    labels = torch.arange(70) % gmm.num_classes
+    for lab in (None, labels):
+        full = gmm.denoise(x, torch.tensor(0.7, dtype=F64), lab)
+        for n, off in ((1, 0), (1, 9), (3, 2), (5, 11), (33, 4), (64, 6)):
+            part = gmm.denoise(x[off: off + n], torch.tensor(0.7, dtype=F64), None if lab is None else lab[off: off + n])
+            assert torch.equal(part, full[off: off + n]), (n, off)

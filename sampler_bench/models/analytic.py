@@ -122,6 +122,32 @@ def _human(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+ROW_BLOCK = 32  # rows per matrix product of the denoiser (see _rows_mm)
+
+
+def _rows_mm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``add + a @ b`` for a batch ``a`` (B x n), in products of exactly ``ROW_BLOCK`` rows (the last
+    zero-padded). BLAS picks its kernel, and with it the summation order, by the matrix shapes: on
+    this CPU a row of ``a @ b`` rounds differently when B is not a multiple of 4. With one fixed
+    shape every sample's denoiser output is bit-identical whatever the batch size (sampling.py's
+    run identity leaves the batch size out for analytic models, tests/test_sampling.py checks it)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (add is not None and add.requires_grad)):
+        return a @ b if add is None else add + a @ b  # autograd (tests): out= is not differentiable
+    n = a.shape[0]
+    pad = (-n) % ROW_BLOCK
+    if pad:
+        a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+        add = None if add is None else torch.cat([add, add.new_zeros(pad, add.shape[1])])
+    out = a.new_empty(n + pad, b.shape[1])
+    for i in range(0, n + pad, ROW_BLOCK):
+        j = i + ROW_BLOCK
+        if add is None:
+            torch.mm(a[i:j], b, out=out[i:j])
+        else:
+            torch.addmm(add[i:j], a[i:j], b, out=out[i:j])
+    return out[:n]
+
+
 _BROADCAST_ELEMENTS = 1 << 21  # up to this many B x K x d elements, |x - mu_k|^2 is one broadcast pass
 
 
@@ -228,7 +254,7 @@ class GaussianMixture(Denoiser):
                 torch.sub(xf, self.mu[k], out=buf)
                 torch.linalg.vector_norm(buf, dim=1, out=sq[:, k])
             sq.square_()
-        proj = (xf @ self.U_cat).reshape(b, kn, r) - self.mu_U  # (B,K,r)
+        proj = _rows_mm(xf, self.U_cat).reshape(b, kn, r) - self.mu_U  # (B,K,r)
         iso = self.iso_var + s2  # (B,1)
         lam_s2 = self.lam + s2.unsqueeze(-1)  # (B,K,r)
         maha = sq / iso + (proj.square() * (1 / lam_s2 - 1 / iso.unsqueeze(-1))).sum(-1)
@@ -283,10 +309,10 @@ class GaussianMixture(Denoiser):
             # rest of x only shrinks: D = Q D_red + a (x - Q Q^T x) = a x + Q (D_red - a Q^T x).
             # Two (B, d) x (d, m) products instead of K passes over B x d.
             xf = x.reshape(b, self.d).to(F64)
-            xq = xf @ q
+            xq = _rows_mm(xf, q)
             d_red, w = red.posterior_denoise(xq, sigma, labels)
             shrink = self.iso_var / (self.iso_var + self._sig2(sigma, b).reshape(b, 1))
-            d = torch.addmm(xf * shrink, d_red.sub_(xq * shrink), q.T)
+            d = _rows_mm(d_red.sub_(xq * shrink), q.T, xf * shrink)
             return d.reshape(x.shape), w
         logp, proj, xf, s2 = self._component_terms(x, sigma)
         logw = logp + self.log_pi
@@ -296,8 +322,8 @@ class GaussianMixture(Denoiser):
         w = torch.softmax(logw, dim=1)
         shrink = self.iso_var / (self.iso_var + s2)  # (B,1)
         coef = self.lam / (self.lam + s2.unsqueeze(-1)) - shrink.unsqueeze(-1)  # (B,K,r)
-        wmu = w @ self.mu  # (B,d)
-        d = torch.addmm(torch.lerp(wmu, xf, shrink), (w.unsqueeze(-1) * coef * proj).reshape(b, -1), self.U_cat.T)
+        wmu = _rows_mm(w, self.mu)  # (B,d)
+        d = _rows_mm((w.unsqueeze(-1) * coef * proj).reshape(b, -1), self.U_cat.T, torch.lerp(wmu, xf, shrink))
         return d.reshape(x.shape), w
 
     def denoise(self, x, sigma, labels=None):
