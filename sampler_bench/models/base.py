@@ -259,5 +259,8 @@ class BoundDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.calls += 1
-        sigma = torch.as_tensor(sigma, dtype=F64, device=x.device)
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(device=x.device, dtype=F64)  # a no-op for the schedule's own entries
+        else:  # a host float (DPM-Solver, k-diffusion): filled on the device, no blocking host-to-device copy
+            sigma = torch.full((), float(sigma), dtype=F64, device=x.device)
         return self.model.denoise(x, sigma, self.labels).to(F64)

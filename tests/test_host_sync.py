@@ -1,0 +1,218 @@
+"""No host synchronisation per step: every solver, on CPU, with a counter of device -> host reads.
+
+On CUDA a host read of a device tensor (``float(t)``, ``bool(t)``, ``t.item()``, ``if t > 0:``,
+``t.tolist()``, ``t.cpu()``) or a blocking host -> device copy (``torch.tensor(v, device=...)``,
+``table.to(x.device)`` of a CPU table) stalls the GPU pipeline. Inside the per-step loop that
+happens once per step; the loop must make none. No GPU is needed to check it: :class:`HostSyncCounter`
+runs a solver on CPU under a ``TorchFunctionMode`` and a ``TorchDispatchMode`` and records
+
+- **reads**: ``aten._local_scalar_dense`` (what ``float/int/bool/item`` and a tensor in an ``if``
+  dispatch), ``aten.is_nonzero``, ``aten.equal``, and the Python-level ``Tensor.tolist``,
+  ``Tensor.numpy``, ``Tensor.cpu`` and ``Tensor.item`` (``tolist``/``numpy``/``cpu`` reach no aten op
+  on CPU, so only the function mode sees them);
+- **uploads**: ``aten.lift_fresh`` (Python data made into a tensor: ``torch.tensor(...)``,
+  ``torch.as_tensor(float, device=...)``, a blocking pageable copy on CUDA) and a ``Tensor.to``,
+  ``Tensor.cuda`` or ``torch.as_tensor`` with a device argument applied to a *host* tensor (one that
+  is not device-resident, below).
+
+Which tensors are "on the device" is not visible on CPU, so the counter tracks it: the state ``x``,
+the schedule ``sigmas``, the labels, the noise source's seeds and every tensor of the model (network
+parameters and buffers, the analytic mixture's tables; time maps' tables stay host tables) are
+marked device-resident, and so is every tensor made by an op once the first denoiser call has begun
+(``BoundDenoiser.calls`` dates each event: 0 = before the loop, >= 1 = in the loop). Before the
+loop a read counts only on a device-resident tensor (host-side coefficient math on CPU tensors is
+free on a GPU too); in the loop every read counts.
+
+Not caught: a ``Tensor.to(device)`` of a device-resident tensor (a no-op on the same device, a
+device -> device copy otherwise; on CPU ``.to("cpu")`` and ``.to(x.device)`` look the same), a
+read of a tensor made by a factory with an explicit device before the loop, and reads inside C++
+code that never reaches the dispatcher. The negative controls below prove the counter sees the
+patterns it is meant to catch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from sampler_bench.models.analytic import GaussianMixture
+from sampler_bench.models.base import F64, BoundDenoiser, Denoiser, LinearVP, VPTimeMap
+from sampler_bench.noise import PhiloxNoise
+from sampler_bench.schedules import make_schedule
+from sampler_bench.solvers import SolverSpec, all_solvers, parse_opts, run_solver
+
+aten = torch.ops.aten
+READ_OPS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
+READ_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.item}
+MOVE_METHODS = {torch.Tensor.to, torch.Tensor.cuda, torch.as_tensor}
+UPLOAD_OPS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
+
+
+def _has_device_arg(func, args, kwargs) -> bool:
+    if func is torch.Tensor.cuda:
+        return True
+    vals = list(args[1:]) + [kwargs.get("device")]
+    return any(isinstance(v, (torch.device, str)) for v in vals if v is not None)
+
+
+class HostSyncCounter:
+    """Counts host reads and host -> device uploads of one solver run (see the module docstring)."""
+
+    def __init__(self, bound: BoundDenoiser):
+        self.bound = bound
+        self.device = WeakTensorKeyDictionary()
+        self.events: list[tuple[int, str, str]] = []  # (denoiser calls so far, "read"/"upload", what)
+
+    def mark(self, *objs) -> "HostSyncCounter":
+        """Mark tensors (and every tensor of models, modules and containers) device-resident."""
+        seen: set[int] = set()
+
+        def walk(o):
+            if id(o) in seen or o is None or isinstance(o, VPTimeMap):
+                return
+            seen.add(id(o))
+            if isinstance(o, torch.Tensor):
+                self.device[o] = True
+            elif isinstance(o, torch.nn.Module):
+                for t in list(o.parameters()) + list(o.buffers()):
+                    self.device[t] = True
+            elif isinstance(o, (list, tuple)):
+                for v in o:
+                    walk(v)
+            elif isinstance(o, dict):
+                for v in o.values():
+                    walk(v)
+            elif hasattr(o, "__dict__") and not isinstance(o, type):
+                for v in vars(o).values():
+                    walk(v)
+
+        for o in objs:
+            walk(o)
+        return self
+
+    @property
+    def in_loop(self) -> bool:
+        return self.bound.calls >= 1
+
+    def on_device(self, t) -> bool:
+        return isinstance(t, torch.Tensor) and t in self.device
+
+    def record(self, kind: str, what) -> None:
+        self.events.append((self.bound.calls, kind, str(getattr(what, "__name__", what))))
+
+    def count(self, kind: str, in_loop: bool | None = None) -> int:
+        return sum(1 for calls, k, _ in self.events if k == kind and (in_loop is None or (calls >= 1) == in_loop))
+
+    def summary(self) -> Counter:
+        return Counter((("loop" if c else "setup"), k, w) for c, k, w in self.events)
+
+    def __enter__(self):
+        counter = self
+
+        class Functions(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func in READ_METHODS and (counter.in_loop or counter.on_device(args[0])):
+                    counter.record("read", func)
+                elif (func in MOVE_METHODS and args and isinstance(args[0], torch.Tensor)
+                      and not counter.on_device(args[0]) and _has_device_arg(func, args, kwargs)):
+                    counter.record("upload", func)
+                return func(*args, **kwargs)
+
+        class Ops(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+                dev_in = any(t in counter.device for t in inputs)
+                if func in READ_OPS and (counter.in_loop or dev_in):
+                    counter.record("read", func)
+                if func in UPLOAD_OPS and counter.in_loop:
+                    counter.record("upload", func)
+                out = func(*args, **kwargs)
+                if (dev_in or counter.in_loop) and func not in UPLOAD_OPS:
+                    for t in tree_flatten(out)[0]:
+                        if isinstance(t, torch.Tensor):
+                            counter.device[t] = True
+                return out
+
+        self._modes = [Functions(), Ops()]
+        for m in self._modes:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self._modes):
+            m.__exit__(*exc)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+class ShrinkDenoiser(Denoiser):
+    """Tensor-only: the exact denoiser of N(0, I) data, D = x / (1 + sigma^2)."""
+
+    name = "shrink"
+    image_shape = (1, 4, 4)
+    sigma_min, sigma_max = 0.002, 80.0
+    time_map = LinearVP()
+
+    def denoise(self, x, sigma, labels=None):
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))) if sigma.ndim else sigma
+        return x / (1 + s**2)
+
+
+SEEDS = (3, 11)
+
+
+def _run(spec, model, steps, labels=None, opts=None):
+    """One counted run of ``spec`` for ``steps`` steps: (counter, output)."""
+    opts = parse_opts(spec, opts or {})
+    sig = make_schedule(spec.schedule_for(model), steps, model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(len(SEEDS), *model.image_shape, generator=g, dtype=F64) * sig[0]
+    noise = PhiloxNoise(SEEDS, x.shape[1:], x.device)
+    bound = BoundDenoiser(model, labels)
+    counter = HostSyncCounter(bound).mark(x, sig, labels, noise.seeds, model)
+    with counter:
+        out = run_solver(spec, bound, x, sig, noise=noise, opts=opts)
+    return counter, out
+
+
+def _check(spec, model, steps=(3, 6), labels=None, opts=None):
+    _run(spec, model, steps[0], labels, opts)  # warm-up: per-device caches, per-batch memory checks
+    counts = []
+    for n in steps:
+        c, out = _run(spec, model, max(n, spec.min_steps), labels, opts)
+        assert torch.isfinite(out).all()
+        assert c.count("read", in_loop=True) == 0 and c.count("upload", in_loop=True) == 0, (spec.name, n, c.summary())
+        counts.append((c.count("read"), c.count("upload"), c.summary()))
+    assert counts[0][:2] == counts[1][:2], (spec.name, counts)  # setup reads do not grow with the steps either
+    assert counts[0][0] <= 2, (spec.name, counts)  # run_solver's check of the last sigma + the solver's one tolist()
+
+
+SOLVERS = sorted(all_solvers(), key=lambda s: s.name)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixture(shape=(1, 4, 4), num_classes=2, per_class=2, rank=2)
+
+
+@pytest.mark.parametrize("spec", SOLVERS, ids=lambda s: s.name)
+def test_no_host_sync_per_step_tensor_denoiser(spec):
+    _check(spec, ShrinkDenoiser())
+
+
+@pytest.mark.parametrize("spec", SOLVERS, ids=lambda s: s.name)
+def test_no_host_sync_per_step_analytic(spec, mixture):
+    _check(spec, mixture, labels=torch.tensor([0, 1]))
