@@ -216,3 +216,102 @@ def test_no_host_sync_per_step_tensor_denoiser(spec):
 @pytest.mark.parametrize("spec", SOLVERS, ids=lambda s: s.name)
 def test_no_host_sync_per_step_analytic(spec, mixture):
     _check(spec, mixture, labels=torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real network adapters (tiny EDM / ADM networks, classifier guidance) on a representative subset
+# ---------------------------------------------------------------------------------------------
+
+# deterministic and stochastic, tensor sigmas and host-float sigmas, round_sigma (edm), time maps (deis)
+SUBSET = ("heun", "edm", "deis", "dpmpp-2m", "euler-ancestral", "ersde", "unipc")
+
+
+def _spec(name):
+    return next(s for s in SOLVERS if s.name == name)
+
+
+@pytest.fixture(scope="module")
+def edm_models():
+    from sampler_bench.models.edm import EDMDenoiser, make_tiny_network
+
+    return {"edm-ddpmpp": EDMDenoiser(make_tiny_network("edm", "ddpmpp", resolution=4, label_dim=3)),
+            "vp": EDMDenoiser(make_tiny_network("vp", "ddpmpp", resolution=4)),  # native time map (deis)
+            "iddpm": EDMDenoiser(make_tiny_network("iddpm", "adm", resolution=4))}  # discrete grid, round_sigma
+
+
+@pytest.mark.parametrize("name", SUBSET)
+@pytest.mark.parametrize("kind", ["edm-ddpmpp", "vp", "iddpm"])
+def test_no_host_sync_per_step_edm_nets(edm_models, kind, name):
+    model = edm_models[kind]
+    if name == "deis" and model.time_map is None:
+        name = "deis-rhoab3"  # tAB-DEIS needs a native time map
+    _check(_spec(name), model, labels=torch.tensor([2, 0]) if model.num_classes else None)
+
+
+@pytest.fixture(scope="module")
+def adm_models():
+    from sampler_bench.models import adm
+    from sampler_bench.models.adm_files import TINY_CLASSIFIER_FLAGS, TINY_MODEL_FLAGS
+    from sampler_bench.models.guidance import ExactMixtureClassifier, GuidedDenoiser
+
+    base = adm.ADMDenoiser(adm.make_tiny("model", seed=1), TINY_MODEL_FLAGS, time_mode="nearest")
+    cls = adm.ADMClassifier(adm.make_tiny("classifier", seed=2), TINY_CLASSIFIER_FLAGS, time_mode="nearest")
+    gmm = GaussianMixture(shape=(1, 4, 4), num_classes=2, per_class=2, rank=2)
+    return {"adm": base,
+            "adm+classifier": GuidedDenoiser(base, cls, 2.0),
+            "gmm+exact-classifier": GuidedDenoiser(gmm, ExactMixtureClassifier(gmm), 1.5)}
+
+
+@pytest.mark.parametrize("name", ["edm", "deis", "dpmpp-2m"])
+@pytest.mark.parametrize("kind", ["adm", "adm+classifier", "gmm+exact-classifier"])
+def test_no_host_sync_per_step_adm_and_guidance(adm_models, kind, name):
+    _check(_spec(name), adm_models[kind], steps=(2, 4), labels=torch.tensor([7, 1]) if "gmm" not in kind else torch.tensor([1, 0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative controls: the counter sees what it must catch
+# ---------------------------------------------------------------------------------------------
+
+
+HOST_TABLE = torch.linspace(0.0, 1.0, 5, dtype=F64)  # made before any run: a host-side table
+
+
+def _euler_with(step_hook):
+    def solver(denoise, x, sigmas, *, noise=None):
+        for i in range(len(sigmas) - 1):
+            step_hook(sigmas, i)
+            d = (x - denoise(x, sigmas[i])) / sigmas[i]
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        return x
+
+    return SolverSpec(name="euler-control", fn=solver, family="test", summary="", nfe=lambda steps, opts: steps,
+                      nfe_rule="steps")
+
+
+@pytest.mark.parametrize("hook,kind", [
+    (lambda sig, i: float(sig[i]), "read"),  # float(sigma) per step
+    (lambda sig, i: bool(sig[i + 1] > 0), "read"),  # if sigma_next > 0: on a device tensor
+    (lambda sig, i: sig.tolist(), "read"),  # tolist reaches no aten op on CPU: seen by the function mode
+    (lambda sig, i: sig[i].item(), "read"),
+    (lambda sig, i: torch.tensor(0.5, dtype=F64, device=sig.device), "upload"),  # Python data to the device
+    (lambda sig, i: HOST_TABLE.to(sig.device), "upload"),  # a host table copied per step (DiscreteVP did)
+], ids=["float", "bool", "tolist", "item", "tensor", "to-device"])
+def test_counter_catches_per_step_syncs(hook, kind):
+    spec = _euler_with(hook)
+    with pytest.raises(AssertionError):
+        _check(spec, ShrinkDenoiser())
+    counts = [_run(spec, ShrinkDenoiser(), n)[0].count(kind, in_loop=True) for n in (3, 6)]
+    assert counts[0] >= 2 and counts[1] >= 2 * counts[0] - 1, counts  # once per step
+
+
+def test_counter_catches_a_model_that_reads_its_sigma():
+    class Reading(ShrinkDenoiser):
+        def denoise(self, x, sigma, labels=None):
+            if float(sigma) > 1:  # a host decision on the device sigma, once per call
+                return x / (1 + sigma**2)
+            return super().denoise(x, sigma)
+
+    with pytest.raises(AssertionError):
+        _check(_spec("heun"), Reading())
+    c, _ = _run(_spec("heun"), Reading(), 4)
+    assert c.count("read", in_loop=True) == 7  # one per denoiser call: NFE = 2 * 4 - 1
