@@ -39,7 +39,6 @@ patterns it is meant to catch.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pytest
@@ -328,3 +327,35 @@ def test_counter_catches_a_model_that_reads_its_sigma():
         _check(_spec("heun"), Reading())
     c, _ = _run(_spec("heun"), Reading(), 4)
     assert c.count("read", per_step=True) == 6  # one per denoiser call from the second on: NFE = 2 * 4 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: CUDA's own synchronisation detector agrees (skipped where there is no CUDA)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+@pytest.mark.parametrize("name", ["heun", "edm", "ddim", "deis", "dpmpp-2m", "euler-ancestral", "ersde", "unipc"])
+def test_cuda_sync_debug_mode_counts_do_not_grow_with_steps(name):
+    """``torch.cuda.set_sync_debug_mode("warn")`` warns on every synchronising CUDA call (D2H copies,
+    ``item``, blocking H2D copies, stream syncs): a run at 2N steps must warn as often as one at N."""
+    import warnings
+
+    spec = _spec(name)
+    model = GaussianMixture(shape=(1, 4, 4), num_classes=2, per_class=2, rank=2).to("cuda")
+    counts = []
+    for steps in (3, 3, 6):  # the first run warms the per-device caches
+        sig = make_schedule(spec.schedule_for(model), steps, model).to("cuda")
+        x = torch.randn(len(SEEDS), *model.image_shape, dtype=F64, device="cuda") * sig[0]
+        noise = PhiloxNoise(SEEDS, x.shape[1:], x.device)
+        bound = BoundDenoiser(model, torch.tensor([1, 0], device="cuda"))
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run_solver(spec, bound, x, sig, noise=noise, opts=parse_opts(spec, {}))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[1] == counts[2], (name, counts)
