@@ -51,7 +51,7 @@ class _TimeInput:
     time_mode: str
 
     def _nearest_index(self, s: torch.Tensor) -> torch.Tensor:
-        grid = self.time_map.sigmas.to(s.device)
+        grid = self.time_map.tables(s.device)[1]
         return (s.reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(dim=1)
 
     def time_input(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class ADMDenoiser(_TimeInput, Denoiser):
         s = as_f64(sigma)
         if self.time_mode != "nearest":
             return s
-        out = self.time_map.sigmas.to(s.device)[self._nearest_index(s)].reshape(s.shape)
+        out = self.time_map.tables(s.device)[1][self._nearest_index(s)].reshape(s.shape)
         return torch.where(s == 0, s, out)
 
     def eps(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:

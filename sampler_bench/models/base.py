@@ -147,15 +147,24 @@ class DiscreteVP(VPTimeMap):
         betas = [min(1 - f((i + 1) / n) / f(i / n), max_beta) for i in range(n)]
         return cls(np.array(betas), name="discrete-cosine")
 
+    def tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_sigmas, sigmas)`` on ``device``, copied there once and kept: a solver step on a GPU
+        then makes no host-to-device copy (a blocking one, from pageable memory) of the tables."""
+        cache = self.__dict__.setdefault("_device_tables", {})
+        key = torch.device(device)
+        if key not in cache:
+            cache[key] = (self.log_sigmas.to(key), self.sigmas.to(key))
+        return cache[key]
+
     def sigma(self, t):
         t = as_f64(t).clamp(0, self.num_steps - 1)
         lo = t.floor().long().clamp(max=self.num_steps - 2)
         w = t - lo
-        ls = self.log_sigmas.to(t.device)
+        ls = self.tables(t.device)[0]
         return torch.exp((1 - w) * ls[lo] + w * ls[lo + 1])
 
     def t(self, sigma):
-        ls = self.log_sigmas.to(as_f64(sigma).device)
+        ls = self.tables(as_f64(sigma).device)[0]
         log_s = torch.log(as_f64(sigma)).clamp(ls[0], ls[-1])
         hi = torch.searchsorted(ls, log_s.reshape(-1).contiguous()).clamp(1, self.num_steps - 1)
         lo = hi - 1
@@ -165,9 +174,9 @@ class DiscreteVP(VPTimeMap):
     def round_sigma(self, sigma):
         """Snap to the nearest grid sigma (nearest in log sigma)."""
         s = as_f64(sigma)
-        ls = self.log_sigmas.to(s.device)
+        ls, sigmas = self.tables(s.device)
         idx = (torch.log(s).reshape(-1, 1) - ls.reshape(1, -1)).abs().argmin(dim=1)
-        return self.sigmas.to(s.device)[idx].reshape(s.shape)
+        return sigmas[idx].reshape(s.shape)
 
     def describe(self):
         return {"name": self.name, "num_steps": self.num_steps}
@@ -259,5 +268,8 @@ class BoundDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.calls += 1
-        sigma = torch.as_tensor(sigma, dtype=F64, device=x.device)
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(device=x.device, dtype=F64)  # a no-op for the schedule's own entries
+        else:  # a host float (DPM-Solver, k-diffusion): filled on the device, no blocking host-to-device copy
+            sigma = torch.full((), float(sigma), dtype=F64, device=x.device)
         return self.model.denoise(x, sigma, self.labels).to(F64)

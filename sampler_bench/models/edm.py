@@ -674,7 +674,7 @@ class IDDPMGridTime(DiscreteVP):
         t = as_f64(t)
         out = super().sigma(t)
         n = t.clamp(0, self.num_steps - 1).round()
-        return torch.where(t == n, self.sigmas.to(t.device)[n.long()], out)
+        return torch.where(t == n, self.tables(t.device)[1][n.long()], out)
 
 
 class EDMDenoiser(Denoiser):
@@ -702,6 +702,9 @@ class EDMDenoiser(Denoiser):
         else:
             self.time_map = None
         self._memory_ok: set[int] = set()
+        # u[M-1] as a host float, read once here instead of once per round_sigma call
+        self._u_last = float(net.u[net.M - 1]) if isinstance(net, nets.iDDPMPrecond) else None
+        self._onehot: tuple | None = None  # (labels, device, one-hot of them): built once per labels tensor
         self.to(device)
         self._check_memory(1)  # refuse at load a network whose forward pass cannot fit even one sample
 
@@ -723,7 +726,7 @@ class EDMDenoiser(Denoiser):
             # sigma is never rounded to u[M] = 0: below u[M-1] / 2, outside the sampling range
             # [sigma_min, sigma_max] every schedule is clamped to, it snaps to u[M-1] instead
             out = self.net.round_sigma(s).to(F64)
-            return torch.where((s > 0) & (out == 0), torch.full_like(s, float(self.net.u[self.net.M - 1])), out)
+            return torch.where((s > 0) & (out == 0), torch.full_like(s, self._u_last), out)
         return s
 
     @torch.no_grad()
@@ -735,7 +738,7 @@ class EDMDenoiser(Denoiser):
         s = s.reshape(()) if s.numel() == 1 else s.reshape(-1)
         onehot = None
         if self.num_classes and labels is not None:
-            onehot = torch.nn.functional.one_hot(labels.to(x.device).long(), self.num_classes).to(torch.float32)
+            onehot = self._labels_onehot(labels, x.device)
         self._check_memory(x.shape[0])
         try:
             out = self.net(x.to(torch.float32), s, onehot, force_fp32=self.force_fp32)
@@ -746,6 +749,15 @@ class EDMDenoiser(Denoiser):
                 raise
             raise self._memory_error(x.shape[0], str(exc)) from None
         return out.to(F64)
+
+    def _labels_onehot(self, labels, device):
+        """float32 one-hot of ``labels`` on ``device``, made once per labels tensor (a solver passes
+        the same one on every call; ``one_hot`` on CPU also reads the labels' min and max back)."""
+        seen = self._onehot
+        if seen is None or seen[0] is not labels or seen[1] != device:
+            onehot = torch.nn.functional.one_hot(labels.to(device).long(), self.num_classes).to(torch.float32)
+            seen = self._onehot = (labels, device, onehot)
+        return seen[2]
 
     def _check_memory(self, batch: int) -> None:
         if batch in self._memory_ok:

@@ -220,6 +220,17 @@ def steps_for_nfe(spec: SolverSpec, nfe: int, opts: Mapping[str, Any], final_ste
     raise BenchError(f"solver '{spec.name}' cannot use exactly {nfe} NFE (NFE = {rule}); the nearest valid values are {near}.")
 
 
+def host_floats(sigmas) -> list[float]:
+    """The schedule as Python floats for a solver's host-side decisions and coefficients: one
+    device-to-host copy (``tolist``) up front, so the step loop reads nothing back from the device
+    (tests/test_host_sync.py). The values equal ``float(sigmas[i])``."""
+    from sampler_bench.lazy import torch
+
+    if isinstance(sigmas, torch.Tensor):
+        return sigmas.detach().to(torch.float64).tolist()
+    return [float(v) for v in sigmas]
+
+
 def run_solver(spec: SolverSpec, denoise, x, sigmas, *, noise, opts: Mapping[str, Any],
                final_step: str | None = None) -> torch.Tensor:
     """Run a solver under a final-step policy and check the counted denoiser calls against its rule.

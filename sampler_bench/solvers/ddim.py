@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from sampler_bench.lazy import torch
 
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def euler(denoise, x, sigmas, *, noise=None):
@@ -24,7 +24,7 @@ def euler(denoise, x, sigmas, *, noise=None):
 
     In place in two preallocated buffers, with the operations of ``x + (s' - s) * (x - D) / s``
     (bit-identical, tested)."""
-    sig = [float(v) for v in sigmas.cpu()]  # one device-to-host copy, none per step
+    sig = host_floats(sigmas)  # one device-to-host copy, none per step
     x, d = x.clone(), torch.empty_like(x)
     for i in range(len(sigmas) - 1):
         x.add_(torch.sub(x, denoise(x, sigmas[i]), out=d).div_(sigmas[i]).mul_(sig[i + 1] - sig[i]))
@@ -33,10 +33,11 @@ def euler(denoise, x, sigmas, *, noise=None):
 
 def ddim(denoise, x, sigmas, *, noise=None, eta=0.0):
     """DDIM with eta (Song et al. 2021, eq. 12 and 16), in sigma-space."""
+    sig = host_floats(sigmas)  # one device-to-host copy, none per step
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         x0 = denoise(x, s)
-        if eta == 0 or s_next == 0:
+        if eta == 0 or sig[i + 1] == 0:
             x = (x - x0).mul_(s_next / s).add_(x0)  # x0 + (s_next / s) (x - x0), in one buffer
             continue
         s_up = eta * s_next * torch.sqrt((s**2 - s_next**2).clamp(min=0)) / s

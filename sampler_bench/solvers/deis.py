@@ -48,7 +48,7 @@ import numpy as np
 from sampler_bench.lazy import torch
 
 from sampler_bench.errors import BenchError
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def as_f64(v):
@@ -105,7 +105,7 @@ def tab_coefficients(sigmas, time_map, order: int, quad: str = "riemann", quad_p
     """tAB-DEIS C_ij (official ``get_ab_eps_coef`` divided by sqrt(abar_{i+1})), in sigma-space units.
 
     ``out[i][j]`` multiplies eps_{i-j}; nodes are t_k = t(sigma_k)."""
-    sig = [float(s) for s in as_f64(sigmas).cpu()]
+    sig = host_floats(sigmas)
     ts = [float(v) for v in time_map.t(as_f64(sig[:-1]))]
     out = []
     for i, r in enumerate(_step_orders(len(sig) - 1, order)):
@@ -123,7 +123,7 @@ def tab_coefficients(sigmas, time_map, order: int, quad: str = "riemann", quad_p
 def rhoab_coefficients(sigmas, order: int, quad: str = "riemann", quad_points: int = 10000) -> list[torch.Tensor]:
     """rhoAB-DEIS C_ij = int_{rho_i}^{rho_{i+1}} l_j(rho) drho, Lagrange basis in rho = sigma
     (official ``get_sampler_rho_ab``: ``get_ab_eps_coef`` with psi = 1 and integrand 1)."""
-    sig = [float(s) for s in as_f64(sigmas).cpu()]
+    sig = host_floats(sigmas)
     out = []
     for i, r in enumerate(_step_orders(len(sig) - 1, order)):
         nodes = [sig[i - j] for j in range(r + 1)]
@@ -146,7 +146,7 @@ IPNDM_WEIGHTS = (
 
 def ipndm_coefficients(sigmas) -> list[torch.Tensor]:
     """iPNDM: C_ij = (sigma_{i+1} - sigma_i) * w_j with AB1/AB2/AB3 warm-up, then AB4 weights."""
-    sig = [float(s) for s in as_f64(sigmas).cpu()]
+    sig = host_floats(sigmas)
     return [(sig[i + 1] - sig[i]) * torch.tensor(IPNDM_WEIGHTS[min(i, 3)], dtype=torch.float64) for i in range(len(sig) - 1)]
 
 
@@ -161,7 +161,7 @@ def _eps(denoise, x, s):
 
 def _floats(sigmas) -> list[float]:
     """The schedule as Python floats: one device-to-host copy up front, none per step."""
-    return [float(v) for v in as_f64(sigmas).cpu()]
+    return host_floats(sigmas)
 
 
 def _eps_into(out, denoise, x, s):
@@ -188,10 +188,10 @@ def _multistep(denoise, x, sigmas, coefs):
     acc, tmp = torch.empty_like(x), torch.empty_like(x)
     hist: list[torch.Tensor] = []
     cap = max(len(c) for c in coefs)
-    for i, c in enumerate(coefs):
+    coefs = [c.tolist() for c in coefs]  # host floats up front: nothing converted per step
+    for i, cs in enumerate(coefs):
         buf = hist.pop() if len(hist) == cap else torch.empty_like(x)
         hist.insert(0, _eps_into(buf, denoise, x, sigmas[i]))
-        cs = [float(v) for v in c]
         x.add_(_combine_into(acc, tmp, cs, hist[: len(cs)]))
     return x
 

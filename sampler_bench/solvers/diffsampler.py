@@ -21,7 +21,7 @@ step) is not offered.
 
 from __future__ import annotations
 
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def ipndm_v_coefficients(sig: list[float], i: int, order: int) -> list[float]:
@@ -52,7 +52,7 @@ def ipndm_v(denoise, x, sigmas, *, noise=None, max_order=4):
     """iPNDM-v (diff-sampler): variable-step Adams-Bashforth on d = (x - D)/sigma, warm-up min(i+1, max_order)."""
     from sampler_bench.solvers.dpmsolver import lincomb
 
-    sig = [float(v) for v in sigmas]  # one device-to-host copy
+    sig = host_floats(sigmas)  # one device-to-host copy
     hist: list = []  # d_i, d_{i-1}, ...
     for i in range(len(sig) - 1):
         d = x - denoise(x, sigmas[i])

@@ -46,7 +46,7 @@ import math
 
 
 from sampler_bench.errors import BenchError
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def _lam(sigma: float) -> float:
@@ -197,7 +197,7 @@ def singlestep_update(model, x, s: float, t: float, order: int, solver_type: str
 
 def _split(sigmas) -> tuple[list[float], bool]:
     """(positive sigmas, whether the grid ends with a step to sigma = 0)."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for a, b in zip(sig, sig[1:]):
         if not (a > b >= 0):
             raise BenchError(f"DPM-Solver needs a strictly decreasing schedule ending at or above 0; got {a} -> {b}.")
@@ -283,7 +283,7 @@ def dpm_multistep(denoise, x, sigmas, *, noise=None, order=2, pred="data", solve
 
 def dpmpp_2m_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0, solver_type="midpoint"):
     """DPM-Solver++(2M) SDE, k-diffusion ``sample_dpmpp_2m_sde`` (eta = 0: the 2M ODE solver without lower_order_final)."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     old = None
     h_last = None
     for i in range(len(sig) - 1):
@@ -309,7 +309,7 @@ def dpmpp_2m_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0, solver
 
 def dpmpp_3m_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(3M) SDE, k-diffusion ``sample_dpmpp_3m_sde`` (eta = 0: the 3M ODE solver, taylor warm-up, no lower_order_final)."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     d_1 = d_2 = None
     h_1 = h_2 = None
     for i in range(len(sig) - 1):

@@ -19,7 +19,7 @@ import math
 
 from sampler_bench.lazy import torch
 
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def heun(denoise, x, sigmas, *, noise=None):
@@ -28,7 +28,7 @@ def heun(denoise, x, sigmas, *, noise=None):
     In place in three preallocated buffers, with the operations of the algorithm's expressions in
     their order (bit-identical to them and to ``edm`` with ``S_churn = 0``; tests/test_fused_solvers.py)."""
     n = len(sigmas) - 1
-    sig = [float(v) for v in sigmas.cpu()]  # one device-to-host copy, none per step
+    sig = host_floats(sigmas)  # one device-to-host copy, none per step
     x = x.clone()
     d, d_prime, x_next = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
     for i in range(n):
@@ -46,15 +46,16 @@ def heun(denoise, x, sigmas, *, noise=None):
 def edm_stochastic(denoise, x, sigmas, *, noise, S_churn=0.0, S_min=0.0, S_max=float("inf"), S_noise=1.0):
     """Karras et al. 2022, Algorithm 2: churn noise in, then a Heun step from sigma_hat."""
     n = len(sigmas) - 1
+    sig = host_floats(sigmas)  # one device-to-host copy: the churn window and last-step tests use host floats
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= float(s) <= S_max else 0.0
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= sig[i] <= S_max else 0.0
         s_hat = denoise.round_sigma(s + gamma * s)
         # drawn on every step, also where gamma = 0, exactly as edm_sampler (keeps the per-seed streams aligned)
         x = x + (s_hat**2 - s**2).sqrt() * S_noise * noise(s, s_hat)
         d = (x - denoise(x, s_hat)) / s_hat
         x_next = x + (s_next - s_hat) * d
-        if s_next > 0:
+        if sig[i + 1] > 0:
             d_prime = (x_next - denoise(x_next, s_next)) / s_next
             x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_prime)
         x = x_next

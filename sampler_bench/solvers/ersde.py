@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sampler_bench.errors import BenchError
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 PhiFn = Callable[[np.ndarray], np.ndarray]
 
@@ -180,7 +180,7 @@ class StepCoef:
 
 def step_coefficients(sigmas, phi: PhiFn, order: int, n_int: int = OFFICIAL_N_INT) -> list[StepCoef]:
     """Per-step order (warm-up, terminal rule) and coefficients for a whole schedule."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     out = []
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]
@@ -225,8 +225,8 @@ def ersde(denoise, x, sigmas, *, noise=None, order: int = 3, phi: str | PhiFn = 
     if d1 not in ("official", "quadratic"):
         raise BenchError(f"ER-SDE option d1={d1!r} is not valid; use official or quadratic.")
     phi_fn = resolve_phi(phi, eta)
-    coefs = step_coefficients(sigmas, phi_fn, order, n_int)
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)  # one device-to-host copy, none per step
+    coefs = step_coefficients(sig, phi_fn, order, n_int)
     x0_prev = d1_prev = None
     for i, c in enumerate(coefs):
         x0 = denoise(x, sigmas[i])

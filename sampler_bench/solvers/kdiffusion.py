@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
 
 def euler_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
     """k-diffusion ``sample_euler_ancestral``: Euler to sigma_down, then noise up to sigma_{i+1}."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]
         d = (x - denoise(x, s)) / s
@@ -55,7 +55,7 @@ def euler_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
 
 def dpm_2(denoise, x, sigmas, *, noise=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     """k-diffusion ``sample_dpm_2``: midpoint in log sigma, Euler to sigma = 0; optional EDM churn."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     n = len(sig) - 1
     for i in range(n):
         s, t = sig[i], sig[i + 1]
@@ -76,7 +76,7 @@ def dpm_2(denoise, x, sigmas, *, noise=None, s_churn=0.0, s_tmin=0.0, s_tmax=flo
 
 def dpm_2_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
     """k-diffusion ``sample_dpm_2_ancestral``: a DPM-Solver-2 step to sigma_down, then noise up."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]
         d = (x - denoise(x, s)) / s
@@ -95,7 +95,7 @@ def dpm_2_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
 
 def dpmpp_2s_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
     """k-diffusion ``sample_dpmpp_2s_ancestral``: a DPM-Solver++(2S) step to sigma_down, then noise up."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]
         den = denoise(x, s)
@@ -116,7 +116,7 @@ def dpmpp_2s_ancestral(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0):
 
 def dpmpp_sde(denoise, x, sigmas, *, noise=None, eta=1.0, s_noise=1.0, r=0.5):
     """k-diffusion ``sample_dpmpp_sde`` (DPM-Solver++ stochastic, singlestep with an intermediate point at lambda + r h)."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     fac = 1 / (2 * r)
     for i in range(len(sig) - 1):
         s, t = sig[i], sig[i + 1]

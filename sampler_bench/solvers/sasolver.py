@@ -41,7 +41,7 @@ from functools import lru_cache
 import numpy as np
 
 from sampler_bench.errors import BenchError
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 from sampler_bench.solvers.dpmsolver import lincomb
 
 
@@ -94,7 +94,7 @@ def sa_step(x_start, ms: list, lams: list[float], sig_s: float, sig_t: float, ta
 def sa_solver(denoise, x, sigmas, *, noise=None, predictor_order=3, corrector_order=4, eta=1.0,
               tau_sigma_min=0.7204, tau_sigma_max=25.1085, lower_order_final=True):
     """SA-Solver (official diffusers ``SASolverScheduler``, data prediction): SA-Predictor + SA-Corrector, NFE = steps."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for a, b in zip(sig, sig[1:]):
         if not (a > b >= 0):
             raise BenchError(f"SA-Solver needs a strictly decreasing schedule ending at or above 0; got {a} -> {b}.")

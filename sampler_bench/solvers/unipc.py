@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from sampler_bench.errors import BenchError
-from sampler_bench.solvers import Option, SolverSpec, register
+from sampler_bench.solvers import Option, SolverSpec, host_floats, register
 from sampler_bench.solvers.dpmsolver import _Model, lincomb
 
 
@@ -89,7 +89,7 @@ def unipc_update(model, x, ms: list, ss: list[float], t: float, order: int, vari
 
 def unipc(denoise, x, sigmas, *, noise=None, order=3, variant="bh1", pred="data", corrector=True, lower_order_final=True):
     """UniPC multistep (official ``UniPC.sample(method='multistep')``), NFE = steps."""
-    sig = [float(v) for v in sigmas]
+    sig = host_floats(sigmas)
     for a, b in zip(sig, sig[1:]):
         if not (a > b >= 0):
             raise BenchError(f"UniPC needs a strictly decreasing schedule ending at or above 0; got {a} -> {b}.")
