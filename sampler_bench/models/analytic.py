@@ -122,25 +122,35 @@ def _human(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-ROW_BLOCK = 32  # rows per matrix product of the denoiser (see _rows_mm)
+ROW_MULTIPLE = 16  # CPU: the denoiser's products have a multiple of this many rows (see _rows_mm)
+ROW_BLOCK = 32  # other devices: products of exactly this many rows
 
 
 def _rows_mm(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """``add + a @ b`` for a batch ``a`` (B x n), in products of exactly ``ROW_BLOCK`` rows (the last
-    zero-padded). BLAS picks its kernel, and with it the summation order, by the matrix shapes: on
-    this CPU a row of ``a @ b`` rounds differently when B is not a multiple of 4. With one fixed
-    shape every sample's denoiser output is bit-identical whatever the batch size (sampling.py's
-    run identity leaves the batch size out for analytic models, tests/test_sampling.py checks it)."""
+    """``add + a @ b`` for a batch ``a`` (B x n) such that row i does not depend on the other rows.
+
+    BLAS picks its kernel, and with it the summation order, by the matrix shapes: on this CPU a
+    row of ``a @ b`` rounds differently when B is not a multiple of 4 (the micro-kernel's rows).
+    On the CPU the rows are zero-padded to a multiple of ``ROW_MULTIPLE`` (one product; the
+    x86 BLAS kernels' row blocks are 4, 8 or 16); on other devices (cuBLAS chooses kernels per
+    shape) the product runs in blocks of exactly ``ROW_BLOCK`` rows. So every sample's denoiser
+    output is bit-identical whatever the batch size: sampling.py's run identity leaves the batch
+    size out for analytic models, and tests/test_analytic_factors.py checks it on the machine
+    that runs the tests."""
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (add is not None and add.requires_grad)):
         return a @ b if add is None else add + a @ b  # autograd (tests): out= is not differentiable
     n = a.shape[0]
-    pad = (-n) % ROW_BLOCK
+    block = None if a.device.type == "cpu" else ROW_BLOCK
+    pad = (-n) % (block or ROW_MULTIPLE)
     if pad:
         a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
         add = None if add is None else torch.cat([add, add.new_zeros(pad, add.shape[1])])
+    if block is None:
+        out = a @ b if add is None else torch.addmm(add, a, b)
+        return out[:n] if pad else out
     out = a.new_empty(n + pad, b.shape[1])
-    for i in range(0, n + pad, ROW_BLOCK):
-        j = i + ROW_BLOCK
+    for i in range(0, n + pad, block):
+        j = i + block
         if add is None:
             torch.mm(a[i:j], b, out=out[i:j])
         else:
