@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from sampler_bench.lazy import torch
 
 from sampler_bench.errors import BenchError
 from sampler_bench.solvers import Option, SolverSpec, host_floats, register
@@ -227,28 +228,34 @@ def ersde(denoise, x, sigmas, *, noise=None, order: int = 3, phi: str | PhiFn = 
     phi_fn = resolve_phi(phi, eta)
     sig = host_floats(sigmas)  # one device-to-host copy, none per step
     coefs = step_coefficients(sig, phi_fn, order, n_int)
+    # In place, bit-identical to the textbook expressions (tests/test_fused_solvers.py): the state
+    # lives in one buffer owned here (the caller's x is never written), each product is rounded into
+    # ``tmp`` and then added, D1 alternates between two buffers (the previous one is D2's input).
+    state = tmp = d2 = None
+    d1_bufs: list = [None, None]
     x0_prev = d1_prev = None
     for i, c in enumerate(coefs):
-        x0 = denoise(x, sigmas[i])
-        x_new = c.r * x + (1.0 - c.r) * x0
+        x0 = denoise(x if state is None else state, sigmas[i])
+        state = torch.mul(x, c.r) if state is None else state.mul_(c.r)  # r x
+        state.add_(tmp := torch.mul(x0, 1.0 - c.r, out=tmp))  # + (1 - r) x0
         dx0 = None
         if c.order >= 2:
-            dx0 = (x0 - x0_prev) / (sig[i] - sig[i - 1])
-            x_new = x_new + c.c1 * dx0
+            dx0 = d1_bufs[i % 2] = torch.sub(x0, x0_prev, out=d1_bufs[i % 2]).div_(sig[i] - sig[i - 1])
+            state.add_(torch.mul(dx0, c.c1, out=tmp))
         if c.order >= 3:
-            d2 = 2.0 * (dx0 - d1_prev) / (sig[i] - sig[i - 2])
-            x_new = x_new + c.c2 * d2
+            d2 = torch.sub(dx0, d1_prev, out=d2).mul_(2.0).div_(sig[i] - sig[i - 2])
+            state.add_(torch.mul(d2, c.c2, out=tmp))
             if d1 == "quadratic":  # x0'(s_i) of the parabola through the last 3 points: D1 + (s_i - s_{i-1}) D2 / 2
-                x_new = x_new + c.c1 * ((sig[i] - sig[i - 1]) / 2) * d2
+                state.add_(torch.mul(d2, c.c1 * ((sig[i] - sig[i - 1]) / 2), out=tmp))
         if c.std > 0:
             if noise is None:
                 raise BenchError("this ER-SDE configuration is stochastic and needs a noise source.")
-            x_new = x_new + c.std * noise(sigmas[i], sigmas[i + 1])
+            state.add_(torch.mul(noise(sigmas[i], sigmas[i + 1]), c.std, out=tmp))
         if trace is not None:
             trace.append({"step": i, "sigma": sig[i], "sigma_next": sig[i + 1], "order": c.order,
                           "r": c.r, "c1": c.c1, "c2": c.c2, "noise_std": c.std})
-        x, x0_prev, d1_prev = x_new, x0, dx0
-    return x
+        x0_prev, d1_prev = x0, dx0
+    return x if state is None else state
 
 
 # ---------------------------------------------------------------------------------------------
