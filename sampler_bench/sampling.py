@@ -231,12 +231,6 @@ def plan_run(cfg: RunConfig, model: Denoiser | None = None, dist=None) -> Plan:
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_batch(plan: Plan, bseeds: list[int], start: int = 0) -> tuple[SampleBatch, int]:
-    """Sample one batch of seeds (``start``: the position of its first seed in the run); return the
-    :class:`SampleBatch` and the denoiser calls it took."""
-    return launch_batch(plan, bseeds, start).finish()
-
-
 @dataclass
 class LaunchedBatch:
     """A batch whose solver has been launched and whose host copies are under way (transfer.py)."""
@@ -254,12 +248,14 @@ class LaunchedBatch:
         c = self.copy.wait()
         if not bool(c.finite):
             raise BenchError(f"solver '{self.plan.spec.name}' produced non-finite samples at NFE {self.plan.cfg.nfe}; try more NFE or another schedule.")
-        return SampleBatch(list(self.seeds), c.labels, self.z, self.x, c.images, self.start), self.calls
+        return SampleBatch(self.seeds, c.labels, self.z, self.x, c.images, self.start), self.calls
 
 
 def launch_batch(plan: Plan, bseeds: list[int], start: int = 0) -> LaunchedBatch:
-    """Run the solver on one batch and start copying its images to the host; on CUDA this returns
-    as soon as the work is queued (no host sync), so the caller can handle the previous batch."""
+    """Run the solver on one batch of seeds (``start``: the position of its first seed in the run)
+    and start copying its images to the host; on CUDA this returns as soon as the work is queued
+    (no host sync), so the caller can handle the previous batch. ``.finish()`` gives the
+    :class:`SampleBatch` and the denoiser calls it took."""
     model, dev = plan.model, plan.device
     shape = model.image_shape
     if plan.cfg.noise == "philox":  # noise.py: one batched computation per draw, batch-size independent
@@ -314,11 +310,17 @@ def generate(plan: Plan, seeds: list[int], on_progress: Callable[[int], None] | 
     starts = list(range(0, len(seeds), plan.cfg.batch))
     for n, start in enumerate(starts):
         in_flight.append(launch_batch(plan, seeds[start: start + plan.cfg.batch], start))
-        while in_flight and (len(in_flight) > depth or n == len(starts) - 1):
-            batch, calls = in_flight.pop(0).finish()
+        for batch, calls in _finished(in_flight, depth, last=n == len(starts) - 1):
             if on_progress:
                 on_progress(len(batch.seeds))
             yield batch, calls
+
+
+def _finished(in_flight: list[LaunchedBatch], depth: int, last: bool):
+    """Finish, oldest first, the launched batches beyond ``depth`` in flight (all of them when
+    ``last``), yielding each one's :class:`SampleBatch` and denoiser calls."""
+    while in_flight and (len(in_flight) > depth or last):
+        yield in_flight.pop(0).finish()
 
 
 def preset_record(cfg: RunConfig) -> dict[str, Any] | None:
@@ -527,8 +529,7 @@ def _rounds(plan, consumers, tmp, dist, save_images, on_progress, images, labels
             if r < rounds and k < len(starts):
                 i = starts[k]
                 in_flight.append(launch_batch(plan, cfg.seeds[i: i + cfg.batch], i))
-            while in_flight and (len(in_flight) > depth or r >= rounds):
-                batch, ncalls = in_flight.pop(0).finish()
+            for batch, ncalls in _finished(in_flight, depth, last=r >= rounds):
                 metrics_time += _handle(batch, consumers, tmp, save_images, images, labels)
                 calls.append(ncalls)
                 done += len(batch.seeds)

@@ -4,7 +4,7 @@ On CUDA the sampling loop (sampling.py) launches batch k+1's solver before it ha
 kernel launches return at once, so the GPU computes batch k+1 while the host writes batch k's
 images, PNGs and metric inputs. What batch k needs on the host -- its uint8 images, its labels
 and one "all finite" flag -- is copied on a side stream into pinned memory, behind an event that
-:meth:`PendingBatch.wait` waits on. Nothing else in the loop reads the device (no host sync per
+:meth:`HostCopy.wait` waits on. Nothing else in the loop reads the device (no host sync per
 step; tests/test_host_sync.py), so the only waits are that event and the metric consumers'
 own reads.
 
