@@ -316,8 +316,11 @@ class GaussianMixture(Denoiser):
         summed on the factors: ``(1 - a) W mu + a x + [w_k coef_k proj_k]_k U_cat^T`` with
         ``a = c / (c + sigma^2)`` and ``W mu = sum_k w_k mu_k``.
         """
+        return self._posterior_denoise(x, sigma, self._check_labels(labels, x.shape[0]))
+
+    def _posterior_denoise(self, x, sigma, labels):
+        """:meth:`posterior_denoise` with ``labels`` already checked (None or a (B,) long tensor)."""
         b = x.shape[0]
-        labels = self._check_labels(labels, b)
         q, red = self.subspace()
         if q is not None and not (x.requires_grad and torch.is_grad_enabled()):
             # exact reduction (subspace()): weights and denoiser of Q^T x in the reduced mixture, the
@@ -325,7 +328,7 @@ class GaussianMixture(Denoiser):
             # Two (B, d) x (d, m) products instead of K passes over B x d.
             xf = x.reshape(b, self.d).to(F64)
             xq = _rows_mm(xf, q)
-            d_red, w = red.posterior_denoise(xq, sigma, labels)
+            d_red, w = red._posterior_denoise(xq, sigma, labels)
             shrink = self.iso_var / (self.iso_var + self._sig2(sigma, b).reshape(b, 1))
             d = _rows_mm(d_red.sub_(xq * shrink), q.T, xf * shrink)
             return d.reshape(x.shape), w
