@@ -159,11 +159,6 @@ def _eps(denoise, x, s):
     return (x - denoise(x, s)) / s
 
 
-def _floats(sigmas) -> list[float]:
-    """The schedule as Python floats: one device-to-host copy up front, none per step."""
-    return host_floats(sigmas)
-
-
 def _eps_into(out, denoise, x, s):
     """eps = (x - D(x, s)) / s written into ``out`` (the same float64 operations as :func:`_eps`)."""
     return torch.sub(x, denoise(x, s), out=out).div_(s)
@@ -218,12 +213,12 @@ def deis_tab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_po
     tm = denoise.time_map
     if tm is None:
         raise BenchError("tAB-DEIS works in the model's native VP time and this model has no time map; use deis-rhoab3 instead.")
-    return _multistep(denoise, x, sigmas, _tab_cached(tuple(_floats(sigmas)), tm, order, quad, quad_points))
+    return _multistep(denoise, x, sigmas, _tab_cached(tuple(host_floats(sigmas)), tm, order, quad, quad_points))
 
 
 def deis_rhoab(denoise, x, sigmas, *, noise=None, order=3, quad="riemann", quad_points=10000):
     """rhoAB-DEIS (Zhang & Chen 2023, arXiv 2204.13902; official ``get_sampler_rho_ab``): Adams-Bashforth in rho = sigma."""
-    return _multistep(denoise, x, sigmas, _rhoab_cached(tuple(_floats(sigmas)), order, quad, quad_points))
+    return _multistep(denoise, x, sigmas, _rhoab_cached(tuple(host_floats(sigmas)), order, quad, quad_points))
 
 
 def ipndm(denoise, x, sigmas, *, noise=None):
@@ -255,7 +250,7 @@ def deis_rhork(denoise, x, sigmas, *, noise=None, method="kutta3"):
     ``x + h * sum(a * k)`` (bit-identical, tested)."""
     c, a, b = RK_TABLEAUS[method]
     n = len(sigmas) - 1
-    sig = _floats(sigmas)
+    sig = host_floats(sigmas)
     x = x.clone()
     k = [torch.empty_like(x) for _ in c]
     xs, acc, tmp = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)

@@ -231,13 +231,14 @@ def ersde(denoise, x, sigmas, *, noise=None, order: int = 3, phi: str | PhiFn = 
     # In place, bit-identical to the textbook expressions (tests/test_fused_solvers.py): the state
     # lives in one buffer owned here (the caller's x is never written), each product is rounded into
     # ``tmp`` and then added, D1 alternates between two buffers (the previous one is D2's input).
-    state = tmp = d2 = None
+    state = d2 = None
+    tmp = torch.empty_like(x)
     d1_bufs: list = [None, None]
     x0_prev = d1_prev = None
     for i, c in enumerate(coefs):
         x0 = denoise(x if state is None else state, sigmas[i])
         state = torch.mul(x, c.r) if state is None else state.mul_(c.r)  # r x
-        state.add_(tmp := torch.mul(x0, 1.0 - c.r, out=tmp))  # + (1 - r) x0
+        state.add_(torch.mul(x0, 1.0 - c.r, out=tmp))  # + (1 - r) x0
         dx0 = None
         if c.order >= 2:
             dx0 = d1_bufs[i % 2] = torch.sub(x0, x0_prev, out=d1_bufs[i % 2]).div_(sig[i] - sig[i - 1])
