@@ -4,6 +4,7 @@
   integration alone, against the Gaussian's exact ODE map), optionally with a first step of size h^2
   (its low-order warm-up error is then below the method's order).
 - ``run``: a solver by name on any grid, with counted calls.
+- ``gauss``, ``z`` (fixtures): the Gaussian the baseline tests measure on and four fixed latents.
 - ``exact_moments``: mean and covariance of a stochastic solver's output, computed exactly: on the
   Gaussian the denoiser is affine, so the output is affine in the latent and in every noise draw;
   running it on a basis (one row per coordinate of the latent and of each draw) gives them all.
@@ -14,11 +15,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from sampler_bench.models.analytic import Gaussian
 from sampler_bench.models.base import F64, BoundDenoiser
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import get_solver, parse_opts, run_solver, steps_for_nfe
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    return Gaussian(shape=(1, 8, 8), rank=4)
+
+
+@pytest.fixture(scope="module")
+def z():
+    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
 
 
 def log_grid(n: int, a: float = 5.0, b: float = 0.2, refined_start: bool = False) -> torch.Tensor:

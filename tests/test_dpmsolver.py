@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from baseline_support import exact_moments, log_grid, observed_order, run
+from baseline_support import gauss, z  # noqa: F401 -- shared fixtures
 from baseline_support import close as _close
 from sampler_bench.errors import BenchError
 from sampler_bench.models.analytic import Gaussian
@@ -24,18 +25,8 @@ from sampler_bench.solvers import get_solver, parse_opts, steps_for_nfe
 
 
 @pytest.fixture(scope="module")
-def gauss():
-    return Gaussian(shape=(1, 8, 8), rank=4)
-
-
-@pytest.fixture(scope="module")
 def small():
     return Gaussian(shape=(1, 4, 4), rank=2)
-
-
-@pytest.fixture(scope="module")
-def z():
-    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
 
 
 

@@ -12,22 +12,13 @@ import pytest
 import torch
 
 from baseline_support import exact_moments, log_grid, observed_order, run
+from baseline_support import gauss, z  # noqa: F401 -- shared fixtures
 from baseline_support import close as _close
 from sampler_bench.models.analytic import Gaussian
 from sampler_bench.models.base import F64
 from sampler_bench.schedules import make_schedule
 from sampler_bench.solvers import sasolver as S
 from sampler_bench.solvers import unipc as U
-
-
-@pytest.fixture(scope="module")
-def gauss():
-    return Gaussian(shape=(1, 8, 8), rank=4)
-
-
-@pytest.fixture(scope="module")
-def z():
-    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
 
 
 
