@@ -12,3 +12,12 @@ class BenchError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``"did you mean a, b? "`` with up to three close matches of ``word`` among ``choices``, or
+    ``""``: the hint an "unknown NAME" error puts before its fix."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}? " if close else ""

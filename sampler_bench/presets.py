@@ -9,11 +9,10 @@ the options that solver has (e.g. ``quad`` for every DEIS multistep solver). The
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sampler_bench.errors import BenchError
+from sampler_bench.errors import BenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ _add(Preset(
 def get_preset(name: str) -> Preset:
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = did_you_mean(name, PRESETS)
     raise BenchError(f"unknown preset '{name}'; {hint}use one of {', '.join(PRESETS)} (`bench presets` lists them).")
 
 

@@ -16,7 +16,6 @@ only when no local file exists; any existing path works too.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import zipfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler_bench.errors import BenchError
+from sampler_bench.errors import BenchError, did_you_mean
 
 EDM_BASE = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
 ADM_BASE = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"
@@ -92,8 +91,7 @@ def resolve_ref(ref: str, *, allow_download: bool = True, cache: Path | None = N
     if entry is None:
         if p.suffix or os.sep in ref:
             raise BenchError(f"reference statistics file '{ref}' does not exist; pass an existing .npz or a known name ({', '.join(KNOWN_REFS)}).")
-        close = difflib.get_close_matches(ref, KNOWN_REFS, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(ref, KNOWN_REFS)
         raise BenchError(f"unknown reference '{ref}'; {hint}known: {', '.join(KNOWN_REFS)}; or pass a .npz path (see `bench stats`).")
     dst = (cache or cache_dir()) / entry.filename
     if dst.is_file():

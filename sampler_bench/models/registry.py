@@ -11,12 +11,11 @@ build and load functions (see ``_register_edm_family``). ``tests/test_cli_fast.p
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sampler_bench.errors import BenchError
+from sampler_bench.errors import BenchError, did_you_mean
 from sampler_bench.lazy import torch
 from sampler_bench.params import parse_params
 
@@ -112,8 +111,7 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> Denoiser:
     if path.suffix and path.exists():
         kinds = ", ".join(LOADERS_BY_SUFFIX) or "none yet"
         raise BenchError(f"cannot load '{spec}': unknown checkpoint format '{path.suffix}'; supported: {kinds}.")
-    close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = did_you_mean(name, MODELS)
     raise BenchError(f"unknown model '{spec}'; {hint}run `bench models` to list them, or pass a checkpoint path.")
 
 
@@ -292,8 +290,7 @@ def load_classifier(spec: str, device: str | torch.device = "cpu", model: Denois
             _CLASSIFIER_CACHE.clear()
             _CLASSIFIER_CACHE[key] = adm.load_adm_classifier(path, device, time_mode=model_mode)
         return _CLASSIFIER_CACHE[key]
-    close = difflib.get_close_matches(name, list(CLASSIFIERS) + ["gmm"], n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = did_you_mean(name, list(CLASSIFIERS) + ["gmm"])
     raise BenchError(f"unknown classifier '{spec}'; {hint}use gmm, a classifier name from `bench models`, or a .pt path.")
 
 

@@ -41,7 +41,6 @@ imports torch.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 if TYPE_CHECKING:
     import torch
 
-from sampler_bench.errors import BenchError
+from sampler_bench.errors import BenchError, did_you_mean
 
 
 _TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a text"}
@@ -163,8 +162,7 @@ def register(spec: SolverSpec) -> SolverSpec:
 def get_solver(name: str) -> SolverSpec:
     if name in REGISTRY:
         return REGISTRY[name]
-    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = did_you_mean(name, REGISTRY)
     raise BenchError(f"unknown solver '{name}'; {hint}run `bench solvers` to list the {len(REGISTRY)} available.")
 
 

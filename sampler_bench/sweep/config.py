@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sampler_bench.errors import BenchError
+from sampler_bench.errors import BenchError, did_you_mean
 from sampler_bench.limits import MAX_NFE, check_num_samples, check_seed
 from sampler_bench.sampling import RunConfig, parse_seeds
 from sampler_bench.solvers import FINAL_STEPS
@@ -179,10 +179,7 @@ def _check_model(ctx: _Ctx, key: str, spec: Any) -> str:
         raise ctx.err(key, str(exc)) from None
     path = Path(spec)
     if head not in MODELS and not path.suffix and not path.exists():
-        import difflib
-
-        close = difflib.get_close_matches(head, MODELS, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(head, MODELS)
         raise ctx.err(key, f"unknown model '{spec}'; {hint}run `bench models` to list them, or give a checkpoint path.")
     return spec
 
